@@ -1,0 +1,42 @@
+# EfficientSAM serving — every target creates and uses ./.venv on its own.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+VARIANT ?= ti
+
+.PHONY: install serve test lint format weights bench-model clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The CPU build of PyTorch; an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)  ## run the gateway on the embedded default (in-process encoder, memory cache)
+	$(BIN)/python -m service
+
+test: $(STAMP)  ## the whole test suite
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)  ## ruff + mypy (strict)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+weights: $(STAMP)  ## download and verify the official checkpoint (VARIANT=ti|s)
+	$(BIN)/python -m service.model.weights $(VARIANT)
+
+bench-model: $(STAMP)  ## encoder/decoder speed against an explicit-softmax fp32 baseline
+	$(BIN)/python bench/model.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

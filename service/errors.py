@@ -1,0 +1,75 @@
+"""The project's one error hierarchy.
+
+Library exceptions are converted into these at the boundary
+(``raise InvalidImageError(...) from exc``). Each carries a stable ``code``;
+the gateway maps codes to HTTP statuses in a single table.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class EsamError(Exception):
+    """Base class of every error the service raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- client errors -----------------------------------------------------------
+class InvalidImageError(EsamError):
+    code = "invalid_image"
+
+
+class ImageTooLargeError(EsamError):
+    code = "image_too_large"
+
+
+class UnsupportedMediaTypeError(EsamError):
+    code = "unsupported_media_type"
+
+
+class InvalidPromptError(EsamError):
+    code = "invalid_prompt"
+
+
+class InvalidRequestError(EsamError):
+    code = "invalid_request"
+
+
+class EmbeddingNotFoundError(EsamError):
+    code = "embedding_not_found"
+
+
+class UnauthorizedError(EsamError):
+    code = "unauthorized"
+
+
+# --- server-side conditions ----------------------------------------------------
+class OverloadedError(EsamError):
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EncoderUnavailableError(EsamError):
+    code = "encoder_unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+# --- start-up / tooling errors (never reach a client) -----------------------------
+class CheckpointError(EsamError):
+    code = "invalid_checkpoint"
+
+
+class WeightsDownloadError(EsamError):
+    code = "weights_download_failed"
