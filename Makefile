@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test lint format weights bench-model clean
+.PHONY: install serve test lint format weights bench-model bench-gateway clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,6 @@ bench-model: $(STAMP)  ## encoder/decoder speed against an explicit-softmax fp32
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+
+bench-gateway: $(STAMP)  ## cache-hit /segment over HTTP against a direct decoder call; cold vs warm /embed
+	$(BIN)/python bench/gateway.py

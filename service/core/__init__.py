@@ -1,0 +1,1 @@
+"""The serving core: embeddings, caching, batching, encoders and the decoder. No HTTP here."""

@@ -1,0 +1,75 @@
+"""Micro-batching queue: concurrent requests share one model call.
+
+The worker takes the first queued item, adds whatever else is already waiting
+(up to ``max_batch``) and runs the batch. A full queue refuses new work with
+:class:`OverloadedError` instead of letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from service.errors import OverloadedError
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class Batcher(Generic[In, Out]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[In]], Awaitable[list[Out]]],
+        *,
+        max_batch: int,
+        queue_size: int,
+    ) -> None:
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] = asyncio.Queue(queue_size)
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name="batcher")
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def submit(self, item: In) -> Out:
+        self.start()
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise OverloadedError("the encoder queue is full; retry shortly") from None
+        return await future
+
+    async def _work(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [(item, fut) for item, fut in batch if not fut.done()]
+            if not live:
+                continue
+            try:
+                results = await self._run_batch([item for item, _ in live])
+            except Exception as exc:  # delivered to every waiter of this batch
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), result in zip(live, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)

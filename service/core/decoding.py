@@ -1,0 +1,110 @@
+"""The mask decoder in the gateway process: off the event loop, bounded concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from service.core.embedding import Embedding
+from service.core.metrics import Metrics
+from service.model import EfficientSam
+from service.model.masks import (
+    encode_png,
+    encode_rle,
+    mask_to_polygons,
+    rle_area_bbox,
+    upsample_masks,
+)
+
+MaskFormat = Literal["rle", "png", "polygons", "none"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    score: float
+    area: int
+    bbox: list[float]
+    mask: Any  # per format: RLE dict, base64 PNG, polygon list, or None
+    logits: NDArray[np.float32] | None
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    embedding: Embedding
+    points: NDArray[np.float32]  # [N, 6, 2], model frame
+    labels: NDArray[np.float32]  # [N, 6]
+    multimask: bool
+    mask_format: MaskFormat
+    return_logits: bool
+
+
+class Decoder:
+    def __init__(self, model: EfficientSam, *, max_concurrency: int, metrics: Metrics) -> None:
+        self._model = model
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="esam-decoder")
+        self._slots = asyncio.Semaphore(max_concurrency)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def segment(self, request: DecodeRequest) -> list[list[Candidate]]:
+        """One list of candidates per prompt, in prompt order, best score first."""
+        async with self._slots:
+            start = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, self._run, request)
+            self._metrics.decoder_duration.observe(time.perf_counter() - start)
+            self._metrics.decoder_prompts.inc(len(request.points))
+            return result
+
+    def _run(self, request: DecodeRequest) -> list[list[Candidate]]:
+        embedding = torch.from_numpy(request.embedding.as_float32())
+        with torch.inference_mode():
+            logits, iou = self._model.decode(
+                embedding,
+                torch.from_numpy(request.points),
+                torch.from_numpy(request.labels),
+                multimask=request.multimask,
+            )
+            logits, iou = logits.cpu(), iou.cpu()
+        results = []
+        for prompt_logits, prompt_iou in zip(logits, iou, strict=True):
+            order = torch.argsort(prompt_iou, descending=True, stable=True)
+            masks = upsample_masks(
+                prompt_logits[order], request.embedding.height, request.embedding.width
+            ).numpy()
+            candidates = []
+            for rank, k in enumerate(order.tolist()):
+                mask = masks[rank]
+                rle = encode_rle(mask)
+                area, bbox = rle_area_bbox(rle)
+                candidates.append(
+                    Candidate(
+                        score=float(prompt_iou[k]),
+                        area=area,
+                        bbox=bbox,
+                        mask=_encode_mask(mask, rle, request.mask_format),
+                        logits=prompt_logits[k].numpy() if request.return_logits else None,
+                    )
+                )
+            results.append(candidates)
+        return results
+
+
+def _encode_mask(mask: NDArray[np.bool_], rle: Any, mask_format: MaskFormat) -> Any:
+    if mask_format == "rle":
+        return rle
+    if mask_format == "png":
+        return base64.b64encode(encode_png(mask)).decode("ascii")
+    if mask_format == "polygons":
+        return mask_to_polygons(mask)
+    return None

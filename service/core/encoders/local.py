@@ -1,0 +1,63 @@
+"""In-process encoder: the project's model, micro-batched, on a dedicated thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from service.core.batching import Batcher
+from service.core.metrics import Metrics
+from service.model import EfficientSam, Precision
+
+
+class LocalEncoder:
+    name = "local"
+
+    def __init__(
+        self,
+        model: EfficientSam,
+        *,
+        precision: Precision,
+        max_batch: int,
+        queue_size: int,
+        metrics: Metrics,
+    ) -> None:
+        self._model = model
+        self._precision = precision
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="esam-encoder")
+        self._batcher: Batcher[NDArray[np.float32], NDArray[np.float32]] = Batcher(
+            self._run, max_batch=max_batch, queue_size=queue_size
+        )
+
+    async def start(self) -> None:
+        self._batcher.start()
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def ready(self) -> bool:
+        return True
+
+    async def encode(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+        return await self._batcher.submit(pixels)
+
+    async def _run(self, batch: list[NDArray[np.float32]]) -> list[NDArray[np.float32]]:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        out = await loop.run_in_executor(self._executor, self._forward, np.stack(batch))
+        self._metrics.encoder_duration.observe(time.perf_counter() - start)
+        self._metrics.encoder_batch_size.observe(len(batch))
+        return list(out)
+
+    def _forward(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+        with torch.inference_mode():
+            out = self._model.embed(torch.from_numpy(pixels), self._precision)
+        result: NDArray[np.float32] = out.cpu().numpy()
+        return result

@@ -1,0 +1,181 @@
+"""Encoder in NVIDIA Triton Inference Server (model ``efficientsam_encoder``), via tritonclient.
+
+``ESAM_TRITON_URL`` is ``grpc://host:8001`` (default scheme) or ``http://host:8000``.
+The wire dtype of the input (FP32, FP16 or UINT8) is read from the model's
+metadata, so the gateway follows whatever the deployed ``config.pbtxt`` says.
+
+Failure policy: every call has a deadline; a call that failed to reach Triton
+(``UNAVAILABLE``) is retried once, since encoding is idempotent; timeouts and
+model errors are not retried. Repeated connection failures open a circuit
+breaker, and while it is open requests get ``encoder_unavailable`` (503 with
+``Retry-After``) at once instead of waiting on a dead server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+import tritonclient.http.aio as httpclient
+from numpy.typing import NDArray
+from tritonclient.utils import InferenceServerException
+
+from service.core.circuit import CircuitBreaker
+from service.core.metrics import Metrics
+from service.errors import EncoderUnavailableError
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "embeddings"
+_WIRE_DTYPES: dict[str, Any] = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
+_RETRYABLE = ("UNAVAILABLE", "Connect", "connect", "Cannot connect", "Connection")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True for failures to reach the server (safe to retry; counts against the circuit)."""
+    if isinstance(exc, OSError | ConnectionError):
+        return True
+    if isinstance(exc, InferenceServerException):
+        text = f"{exc.status()} {exc.message()}"
+        return any(marker in text for marker in _RETRYABLE)
+    return type(exc).__module__.startswith("aiohttp")
+
+
+class TritonEncoder:
+    name = "triton"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model_name: str,
+        timeout_s: float,
+        metrics: Metrics,
+        breaker: CircuitBreaker | None = None,
+        probe_timeout_s: float = 2.0,
+    ) -> None:
+        scheme, _, address = url.rpartition("://")
+        self.protocol = scheme or "grpc"
+        if self.protocol not in ("grpc", "http"):
+            raise ValueError(f"ESAM_TRITON_URL: unknown scheme {scheme!r} (grpc:// or http://)")
+        self.address = address
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.probe_timeout_s = probe_timeout_s
+        self._metrics = metrics
+        self._breaker = breaker or CircuitBreaker()
+        self._client: Any = None
+        self._wire_dtype: str | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def _new_client(self) -> Any:
+        if self.protocol == "grpc":
+            return grpcclient.InferenceServerClient(self.address)
+        return httpclient.InferenceServerClient(self.address, conn_timeout=self.timeout_s)
+
+    async def start(self) -> None:
+        self._client = self._new_client()  # one client, its connections reused
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def ready(self) -> bool:
+        try:
+            return bool(
+                await asyncio.wait_for(
+                    self._client.is_model_ready(self.model_name), self.probe_timeout_s
+                )
+            )
+        except (TimeoutError, InferenceServerException, OSError) as exc:
+            log.debug("triton readiness probe failed: %s", exc)
+            return False
+        except Exception as exc:  # aiohttp / grpc transport errors
+            log.debug("triton readiness probe failed: %s", exc)
+            return False
+
+    async def _wire(self) -> str:
+        if self._wire_dtype is None:
+            metadata = await self._client.get_model_metadata(self.model_name)
+            inputs = metadata["inputs"] if isinstance(metadata, dict) else metadata.inputs
+            first = inputs[0]
+            datatype = first["datatype"] if isinstance(first, dict) else first.datatype
+            if datatype not in _WIRE_DTYPES:
+                raise EncoderUnavailableError(f"the Triton model takes {datatype}, not supported")
+            self._wire_dtype = str(datatype)
+        return self._wire_dtype
+
+    # --- inference --------------------------------------------------------------------------
+    def _inputs(self, pixels: NDArray[np.float32], wire: str) -> tuple[Any, Any]:
+        module: Any = grpcclient if self.protocol == "grpc" else httpclient
+        if wire == "UINT8":
+            data = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+        else:
+            data = pixels.astype(_WIRE_DTYPES[wire], copy=False)
+        infer_input = module.InferInput(INPUT_NAME, [1, *data.shape], wire)
+        if self.protocol == "http":
+            infer_input.set_data_from_numpy(data[None], binary_data=True)
+            output = module.InferRequestedOutput(OUTPUT_NAME, binary_data=True)
+        else:
+            infer_input.set_data_from_numpy(data[None])
+            output = module.InferRequestedOutput(OUTPUT_NAME)
+        return infer_input, output
+
+    async def _infer_once(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+        wire = await self._wire()
+        infer_input, output = self._inputs(pixels, wire)
+        result = await self._client.infer(self.model_name, [infer_input], outputs=[output])
+        embedding = result.as_numpy(OUTPUT_NAME)
+        if embedding is None:
+            raise EncoderUnavailableError("Triton returned no embedding")
+        out: NDArray[np.float32] = embedding.reshape(256, 64, 64).astype(np.float32)
+        return out
+
+    async def encode(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+        if not self._breaker.allow():
+            raise EncoderUnavailableError(
+                "the encoder is unavailable (circuit open after repeated failures)",
+                retry_after_s=self._breaker.retry_after_s(),
+            )
+        deadline = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            start = time.perf_counter()
+            try:
+                remaining = max(0.001, deadline - time.monotonic())
+                out = await asyncio.wait_for(self._infer_once(pixels), remaining)
+            except TimeoutError as exc:
+                self._breaker.failure()
+                raise EncoderUnavailableError(
+                    f"the encoder did not answer within {self.timeout_s:g}s"
+                ) from exc
+            except EncoderUnavailableError:
+                raise
+            except Exception as exc:
+                if not _unreachable(exc):
+                    # the server answered with an error for this request: not retried,
+                    # and no reason to stop sending it other requests
+                    log.warning("triton failed this request: %s", exc)
+                    raise EncoderUnavailableError(
+                        "the encoder failed on this request", retry_after_s=1
+                    ) from exc
+                self._wire_dtype = None  # the server may come back with another config
+                if attempt == 1 and deadline - time.monotonic() > 0.1:
+                    await asyncio.sleep(0.05)
+                    continue
+                self._breaker.failure()
+                raise EncoderUnavailableError(
+                    "the encoder (Triton) is unreachable",
+                    retry_after_s=self._breaker.retry_after_s() if self._breaker.is_open else 2,
+                ) from exc
+            self._breaker.success()
+            # batch sizes are Triton's business: nv_inference_exec_count vs request_success
+            self._metrics.encoder_duration.observe(time.perf_counter() - start)
+            return out

@@ -1,0 +1,68 @@
+"""Load the model the settings ask for and name it (the name keys the cache)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.errors import CheckpointError, WeightsDownloadError
+from service.model import EfficientSam, Variant, load_model, random_model
+from service.model.weights import download_weights
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Bump when resizing/normalisation changes: old cached embeddings stop matching.
+PREPROCESS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: EfficientSam
+    model_id: str
+    random_weights: bool
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_serving_model(checkpoint: str, variant: Variant | None, device: str) -> LoadedModel:
+    """``checkpoint`` is a path, or ``random`` for the demo mode."""
+    if checkpoint == "random":
+        chosen: Variant = variant or "ti"
+        log.warning(
+            "ESAM_CHECKPOINT=random: serving EfficientSAM-%s with RANDOM WEIGHTS. "
+            "Masks are meaningless; this is a demo mode.",
+            chosen,
+        )
+        model = random_model(chosen).to(device)
+        model_id = f"efficientsam-{chosen}-RANDOM-WEIGHTS-p{PREPROCESS_VERSION}"
+        return LoadedModel(model, model_id, random_weights=True)
+    path = Path(checkpoint)
+    model = load_model(path, variant, device)
+    digest = _file_digest(path)[:12]
+    model_id = f"efficientsam-{model.config.variant}-{digest}-p{PREPROCESS_VERSION}"
+    log.info("loaded %s from %s", model_id, path)
+    return LoadedModel(model, model_id, random_weights=False)
+
+
+def resolve_checkpoint(settings: Settings) -> str:
+    """The configured checkpoint, or the official one (downloaded and verified) when unset."""
+    if settings.checkpoint:
+        return settings.checkpoint
+    variant: Variant = settings.variant or "ti"
+    try:
+        return str(download_weights(variant))
+    except WeightsDownloadError as exc:
+        raise CheckpointError(
+            f"no checkpoint configured and the official EfficientSAM-{variant} weights could not "
+            f"be downloaded ({exc}). Point ESAM_CHECKPOINT at an efficient_sam_vit*.pt file, "
+            "or set ESAM_CHECKPOINT=random for a demo with random weights."
+        ) from exc

@@ -1,0 +1,67 @@
+"""Prometheus metrics of one gateway process (one registry per app, so tests stay apart)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.request_duration = Histogram(
+            "esam_request_duration_seconds",
+            "HTTP request latency by route and status.",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("esam_requests_in_flight", "HTTP requests being served.", registry=r)
+        self.cache_lookups = Counter(
+            "esam_cache_lookups_total",
+            "Embedding cache lookups by tier (l1, redis) and outcome (hit, miss, error).",
+            ["tier", "outcome"],
+            registry=r,
+        )
+        self.encoder_images = Counter(
+            "esam_encoder_images_total", "Images encoded by the image encoder.", registry=r
+        )
+        self.encoder_duration = Histogram(
+            "esam_encoder_duration_seconds",
+            "Encoder latency per batch (queueing excluded).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.encoder_batch_size = Histogram(
+            "esam_encoder_batch_size",
+            "Images per encoder call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.encoder_errors = Counter(
+            "esam_encoder_errors_total", "Failed encoder calls by reason.", ["reason"], registry=r
+        )
+        self.decoder_duration = Histogram(
+            "esam_decoder_duration_seconds",
+            "Mask decoder latency per request (all prompts, masks encoded).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decoder_prompts = Counter("esam_decoder_prompts_total", "Prompts decoded.", registry=r)
+        self.singleflight_waits = Counter(
+            "esam_singleflight_waits_total",
+            "Requests that waited for another request's encode (scope: process, redis_lock).",
+            ["scope"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "esam_redis_errors_total",
+            "Redis operations that failed, by operation.",
+            ["op"],
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "esam_redis_up", "1 while the Redis tier answers, 0 while it is bypassed.", registry=r
+        )

@@ -1,0 +1,48 @@
+"""HTTP routing of ``POST /embed``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Request, Response
+
+from service.gateway.auth import ApiKey
+from service.gateway.embed.protocol import EmbedResponse
+from service.gateway.embed.serving import embed_image, embedding_headers
+from service.gateway.images import IMAGE_REQUEST_BODY, read_image
+from service.gateway.npy import NPY_MEDIA_TYPE, npy_response, wants_npy
+from service.gateway.state import State
+
+router = APIRouter(tags=["embeddings"], dependencies=[ApiKey])
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    summary="Compute an image's embedding (once) and cache it",
+    description=(
+        "Send the image as the raw body (`Content-Type: image/*`), as multipart field "
+        '`image`, or as JSON `{"image": "<base64>"}`. The embedding is cached under '
+        "`image_id` (SHA-256 of the bytes), so later `/segment` calls can send just the id. "
+        f"With `Accept: {NPY_MEDIA_TYPE}` the body is the embedding itself and the other "
+        "fields come as `X-Image-Id`, `X-Image-Width`, `X-Image-Height`, `X-Model`, `X-Cached`."
+    ),
+    openapi_extra={"requestBody": IMAGE_REQUEST_BODY},
+    responses={
+        200: {
+            "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            "description": "JSON by default; the .npy embedding with the Accept header.",
+        }
+    },
+)
+async def embed(
+    request: Request, state: State, accept: str | None = Header(default=None)
+) -> EmbedResponse | Response:
+    result = await embed_image(state, await read_image(request))
+    if wants_npy(accept):
+        return npy_response(result.embedding, embedding_headers(state, result))
+    return EmbedResponse(
+        image_id=result.image_id,
+        width=result.embedding.width,
+        height=result.embedding.height,
+        model=state.model_id,
+        cached=result.cached,
+    )

@@ -1,0 +1,53 @@
+"""``HEAD|GET|DELETE /embeddings/{image_id}``: the cache, by image id."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from service.errors import EmbeddingNotFoundError
+from service.gateway.auth import ApiKey
+from service.gateway.npy import NPY_RESPONSE, npy_response
+from service.gateway.segment.protocol import IMAGE_ID_PATTERN
+from service.gateway.state import State
+
+router = APIRouter(prefix="/embeddings", tags=["embeddings"], dependencies=[ApiKey])
+ImageId = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="SHA-256 hex of the image")]
+
+
+@router.head(
+    "/{image_id}",
+    status_code=204,
+    summary="Is this image's embedding cached?",
+    responses={204: {"description": "cached"}, 404: {"description": "not cached"}},
+)
+async def has_embedding(image_id: ImageId, state: State) -> Response:
+    if await state.embeddings.contains(image_id):
+        return Response(status_code=204)
+    return Response(status_code=404)
+
+
+@router.get(
+    "/{image_id}",
+    response_class=Response,
+    responses=NPY_RESPONSE,
+    summary="The cached embedding as .npy",
+)
+async def get_embedding(image_id: ImageId, state: State) -> Response:
+    embedding = await state.embeddings.lookup(image_id)
+    if embedding is None:
+        raise EmbeddingNotFoundError(f"no cached embedding for image_id {image_id}")
+    headers = {
+        "X-Image-Id": image_id,
+        "X-Image-Width": str(embedding.width),
+        "X-Image-Height": str(embedding.height),
+        "X-Model": state.model_id,
+    }
+    return npy_response(embedding, headers)
+
+
+@router.delete("/{image_id}", status_code=204, summary="Forget an image's embedding")
+async def delete_embedding(image_id: ImageId, state: State) -> Response:
+    await state.embeddings.delete(image_id)
+    return Response(status_code=204)

@@ -1,0 +1,114 @@
+"""One table from error code to HTTP status, one renderer, handlers registered once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import (
+    EmbeddingNotFoundError,
+    EncoderUnavailableError,
+    EsamError,
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidPromptError,
+    InvalidRequestError,
+    OverloadedError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
+from service.gateway.request_context import current_request_id
+
+log = logging.getLogger("service.gateway")
+
+STATUS: dict[str, int] = {
+    InvalidRequestError.code: 422,
+    InvalidImageError.code: 422,
+    InvalidPromptError.code: 422,
+    ImageTooLargeError.code: 413,
+    UnsupportedMediaTypeError.code: 415,
+    EmbeddingNotFoundError.code: 404,
+    UnauthorizedError.code: 401,
+    OverloadedError.code: 429,
+    EncoderUnavailableError.code: 503,
+}
+
+#: Statuses Starlette raises itself (unknown route, wrong method) → our codes.
+_HTTP_CODES = {
+    400: InvalidRequestError.code,  # e.g. a JSON body that cannot be parsed
+    404: "not_found",
+    405: "method_not_allowed",
+    413: ImageTooLargeError.code,
+}
+
+
+def error_response(
+    code: str, message: str, status: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The one error shape: ``{"error": {"code": ..., "message": ...}}``."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
+
+
+def render(exc: EsamError) -> JSONResponse:
+    status = STATUS.get(exc.code, 500)
+    headers: dict[str, str] = {}
+    if isinstance(exc, EncoderUnavailableError | OverloadedError):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, UnauthorizedError):
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(exc.code, exc.message, status, headers)
+
+
+def _validation_code(exc: RequestValidationError) -> str:
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        if "prompts" in loc:
+            return InvalidPromptError.code
+    return InvalidRequestError.code
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    async def on_esam_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, EsamError)
+        level = logging.WARNING if STATUS.get(exc.code, 500) >= 500 else logging.INFO
+        log.log(level, "%s %s -> %s: %s", request.method, request.url.path, exc.code, exc.message)
+        return render(exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        code = _validation_code(exc)
+        message = _validation_message(exc)
+        log.info("%s %s -> %s: %s", request.method, request.url.path, code, message)
+        return error_response(code, message, 422)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(code, str(exc.detail), exc.status_code, exc.headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception(
+            "unhandled error on %s %s (request %s)",
+            request.method,
+            request.url.path,
+            current_request_id(),
+        )
+        return error_response("internal_error", "internal error; see the server log", 500)
+
+    app.add_exception_handler(EsamError, on_esam_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,85 @@
+"""Pure ASGI middleware: request id, latency metrics and the request body limit."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.core.metrics import Metrics
+from service.errors import ImageTooLargeError
+from service.gateway.errors import error_response
+from service.gateway.request_context import new_request_id, reset_request_id, set_request_id
+
+
+class RequestContextMiddleware:
+    """Every response carries ``X-Request-Id``; every request is timed by route and status.
+
+    Bodies longer than ``max_body_bytes`` are refused with 413: at once when
+    ``Content-Length`` says so, else as soon as the streamed body passes the
+    limit (the rest is never read).
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = new_request_id(headers.get(b"x-request-id", b"").decode("latin-1"))
+        token = set_request_id(request_id)
+        status = 500
+        start = time.perf_counter()
+        self.metrics.in_flight.inc()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    # an HTTPException passes through FastAPI's body parsing unchanged
+                    raise HTTPException(
+                        413, f"the request body is larger than {self.max_body_bytes} bytes"
+                    )
+            return message
+
+        try:
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                response = error_response(
+                    ImageTooLargeError.code,
+                    f"the request body ({int(declared)} bytes) is larger than "
+                    f"{self.max_body_bytes} bytes",
+                    413,
+                    {"Connection": "close"},
+                )
+                await response(scope, receive, send_with_id)
+                return
+            await self.app(scope, limited_receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.request_duration.labels(scope["method"], path, str(status)).observe(
+                time.perf_counter() - start
+            )
+            self.metrics.in_flight.dec()
+            reset_request_id(token)

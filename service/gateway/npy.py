@@ -1,0 +1,29 @@
+"""``.npy`` responses for embeddings."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from fastapi import Response
+
+from service.core.embedding import Embedding
+
+NPY_MEDIA_TYPE = "application/x-npy"
+NPY_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The embedding as a .npy array [1, 256, 64, 64] in the cache's dtype.",
+        "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def npy_response(embedding: Embedding, headers: dict[str, str]) -> Response:
+    buffer = io.BytesIO()
+    np.save(buffer, embedding.array, allow_pickle=False)
+    return Response(buffer.getvalue(), media_type=NPY_MEDIA_TYPE, headers=headers)
+
+
+def wants_npy(accept: str | None) -> bool:
+    return bool(accept) and NPY_MEDIA_TYPE in (accept or "").lower()

@@ -1,0 +1,91 @@
+"""``POST /segment``: prompts → masks, with the embedding from the cache or a fresh encode."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.core.decoding import Candidate, DecodeRequest
+from service.core.embedding import Embedding
+from service.errors import EmbeddingNotFoundError, InvalidPromptError
+from service.gateway.images import decode_base64_image
+from service.gateway.segment.protocol import (
+    CandidateOut,
+    Logits,
+    PromptResult,
+    SegmentRequest,
+    SegmentResponse,
+)
+from service.gateway.state import ServingState
+from service.model.prompts import Prompt, prompts_to_arrays
+
+PromptArrays = tuple[NDArray[np.float32], NDArray[np.float32]]
+
+
+def _prompt_arrays(request: SegmentRequest, width: int, height: int, img_size: int) -> PromptArrays:
+    prompts = [Prompt(points=p.points, labels=p.labels, box=p.box) for p in request.prompts]
+    return prompts_to_arrays(prompts, width, height, img_size=img_size)
+
+
+def _candidate(candidate: Candidate) -> CandidateOut:
+    logits = None
+    if candidate.logits is not None:
+        raw = np.ascontiguousarray(candidate.logits, dtype="<f4")
+        logits = Logits(shape=list(raw.shape), data=base64.b64encode(raw.tobytes()).decode())
+    return CandidateOut(
+        score=candidate.score,
+        area=candidate.area,
+        bbox=candidate.bbox,
+        mask=candidate.mask,
+        logits=logits,
+    )
+
+
+async def segment(state: ServingState, request: SegmentRequest) -> SegmentResponse:
+    if len(request.prompts) > state.settings.max_prompts:
+        raise InvalidPromptError(
+            f"prompts: {len(request.prompts)} prompts; at most {state.settings.max_prompts}"
+        )
+    img_size = state.loaded.model.config.img_size
+    arrays: list[PromptArrays] = []
+
+    def check(width: int, height: int) -> None:
+        arrays.append(_prompt_arrays(request, width, height, img_size))
+
+    embedding: Embedding | None
+    if request.image_id is not None:
+        image_id = request.image_id
+        embedding = await state.embeddings.lookup(image_id)
+        if embedding is None:
+            raise EmbeddingNotFoundError(
+                f"no cached embedding for image_id {image_id}: send the image again "
+                "(POST /embed, or 'image' in this request)"
+            )
+        check(embedding.width, embedding.height)
+        cached = True
+    else:
+        assert request.image is not None
+        result = await state.embeddings.embed(decode_base64_image(request.image), check=check)
+        image_id, embedding, cached = result.image_id, result.embedding, result.cached
+
+    points, labels = arrays[-1]
+    per_prompt = await state.decoder.segment(
+        DecodeRequest(
+            embedding=embedding,
+            points=points,
+            labels=labels,
+            multimask=request.multimask,
+            mask_format=request.mask_format,
+            return_logits=request.return_logits,
+        )
+    )
+    return SegmentResponse(
+        image_id=image_id,
+        model=state.model_id,
+        width=embedding.width,
+        height=embedding.height,
+        cached=cached,
+        results=[PromptResult(candidates=[_candidate(c) for c in cands]) for cands in per_prompt],
+    )

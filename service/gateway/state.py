@@ -1,0 +1,109 @@
+"""The serving objects, built once at start-up and shared by every request."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+
+from service.core.cache import EmbeddingCache, MemoryCache, RedisTier
+from service.core.decoding import Decoder
+from service.core.embeddings import EmbeddingService
+from service.core.encoders import Encoder, LocalEncoder
+from service.core.loading import LoadedModel, load_serving_model
+from service.core.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServingState:
+    settings: Settings
+    metrics: Metrics
+    loaded: LoadedModel
+    encoder: Encoder
+    embeddings: EmbeddingService
+    decoder: Decoder
+
+    @property
+    def model_id(self) -> str:
+        return self.loaded.model_id
+
+    async def close(self) -> None:
+        await self.decoder.close()
+        await self.encoder.close()
+        await self.embeddings.cache.close()
+
+
+def _build_encoder(settings: Settings, loaded: LoadedModel, metrics: Metrics) -> Encoder:
+    if settings.encoder == "triton":
+        from service.core.encoders.triton import TritonEncoder
+
+        return TritonEncoder(
+            settings.triton_url,
+            model_name=settings.triton_model,
+            timeout_s=settings.encode_timeout_s,
+            metrics=metrics,
+        )
+    model = loaded.model
+    if settings.encoder_device != settings.decoder_device:
+        from service.model import build_model
+
+        model = build_model(loaded.model.state_dict(), loaded.model.config.variant)
+        model = model.to(settings.encoder_device)
+    return LocalEncoder(
+        model,
+        precision=settings.encoder_precision,
+        max_batch=settings.encoder_max_batch,
+        queue_size=settings.encoder_queue_size,
+        metrics=metrics,
+    )
+
+
+async def init_state(settings: Settings, checkpoint: str, metrics: Metrics) -> ServingState:
+    loaded = load_serving_model(checkpoint, settings.variant, settings.decoder_device)
+    redis = None
+    if settings.cache == "redis":
+        redis = RedisTier(
+            settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            ttl_s=settings.cache_ttl_s,
+            timeout_s=settings.redis_timeout_s,
+            retry_s=settings.redis_retry_s,
+            lock_ttl_s=settings.lock_ttl_s,
+        )
+    cache = EmbeddingCache(
+        MemoryCache(settings.memory_cache_mb << 20, settings.cache_ttl_s), redis, metrics
+    )
+    encoder = _build_encoder(settings, loaded, metrics)
+    await encoder.start()
+    embeddings = EmbeddingService(
+        encoder=encoder,
+        cache=cache,
+        metrics=metrics,
+        model_id=loaded.model_id,
+        dtype=settings.embedding_dtype,
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
+        encode_timeout_s=settings.encode_timeout_s,
+        lock_wait_s=settings.lock_wait_s,
+        img_size=loaded.model.config.img_size,
+    )
+    decoder = Decoder(
+        loaded.model, max_concurrency=settings.max_concurrent_decodes, metrics=metrics
+    )
+    if redis is not None and not await redis.ping():
+        log.warning(
+            "redis at %s does not answer; starting without the shared cache", settings.redis_url
+        )
+    return ServingState(settings, metrics, loaded, encoder, embeddings, decoder)
+
+
+def get_state(request: Request) -> ServingState:
+    return cast(ServingState, request.app.state.serving)
+
+
+State = Annotated[ServingState, Depends(get_state)]

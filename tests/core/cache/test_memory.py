@@ -1,0 +1,49 @@
+"""The in-process LRU is bounded in bytes and honours its TTL."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from service.core.cache.memory import MemoryCache
+from service.core.embedding import Embedding
+
+
+def record(value: float = 0.0) -> Embedding:
+    return Embedding.from_float32(np.full((256, 64, 64), value, np.float32), 8, 8, "float16")
+
+
+def test_evicts_least_recently_used_to_stay_within_bytes() -> None:
+    size = record().nbytes
+    cache = MemoryCache(max_bytes=3 * size, ttl_s=60)
+    for key in "abc":
+        cache.set(key, record())
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.set("d", record())
+    assert cache.get("b") is None
+    assert {k for k in "acd" if cache.get(k) is not None} == {"a", "c", "d"}
+    assert cache.size_bytes == 3 * size <= cache.max_bytes
+
+
+def test_replacing_a_key_does_not_leak_bytes() -> None:
+    cache = MemoryCache(max_bytes=10 * record().nbytes, ttl_s=60)
+    for _ in range(5):
+        cache.set("a", record(1.0))
+    assert len(cache) == 1
+    assert cache.size_bytes == record().nbytes
+
+
+def test_zero_budget_disables_it() -> None:
+    cache = MemoryCache(max_bytes=0, ttl_s=60)
+    cache.set("a", record())
+    assert cache.get("a") is None
+
+
+def test_entries_expire() -> None:
+    cache = MemoryCache(max_bytes=1 << 30, ttl_s=0.05)
+    cache.set("a", record())
+    assert cache.get("a") is not None
+    time.sleep(0.06)
+    assert cache.get("a") is None
+    assert cache.size_bytes == 0

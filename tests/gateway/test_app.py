@@ -1,0 +1,100 @@
+"""The app as a whole: OpenAPI page, CORS, health, metrics, request ids, the demo mode."""
+
+from __future__ import annotations
+
+from tests.gateway.conftest import Gateway, GatewayFactory
+from tests.gateway.test_errors import png_bytes
+
+
+async def test_openapi_documents_every_route(gateway: Gateway) -> None:
+    spec = (await gateway.client.get("/openapi.json")).json()
+    paths = spec["paths"]
+    assert {
+        "/embed",
+        "/segment",
+        "/embeddings/{image_id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    } <= set(paths)
+    assert {"head", "get", "delete"} <= set(paths["/embeddings/{image_id}"])
+    embed_body = paths["/embed"]["post"]["requestBody"]["content"]
+    assert {"image/*", "multipart/form-data", "application/json"} <= set(embed_body)
+    assert "application/x-npy" in paths["/embed"]["post"]["responses"]["200"]["content"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["SegmentRequest"]["examples"]
+    assert schemas["EmbedResponse"]["examples"]
+    docs = await gateway.client.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+
+
+async def test_health_and_readiness(gateway: Gateway) -> None:
+    assert (await gateway.client.get("/healthz")).json() == {"status": "ok"}
+    ready = await gateway.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "model": gateway.state.model_id,
+        "encoder": "ok",
+        "redis": "disabled",
+    }
+
+
+async def test_metrics_are_exposed(gateway: Gateway) -> None:
+    await gateway.client.post("/embed", content=png_bytes(), headers={"Content-Type": "image/png"})
+    text = (await gateway.client.get("/metrics")).text
+    for name in (
+        "esam_request_duration_seconds_bucket",
+        "esam_cache_lookups_total",
+        "esam_encoder_images_total 1.0",
+        "esam_encoder_duration_seconds",
+        "esam_decoder_duration_seconds",
+        "esam_singleflight_waits_total",
+        "esam_redis_errors_total",
+    ):
+        assert name in text, name
+    assert 'route="/embed",status="200"' in text
+
+
+async def test_request_id_is_echoed_when_safe(gateway: Gateway) -> None:
+    given = await gateway.client.get("/healthz", headers={"X-Request-Id": "abc-123"})
+    assert given.headers["X-Request-Id"] == "abc-123"
+    unsafe = await gateway.client.get("/healthz", headers={"X-Request-Id": "a b\tc"})
+    assert unsafe.headers["X-Request-Id"] != "a b\tc"
+    assert len(unsafe.headers["X-Request-Id"]) == 32
+
+
+async def test_cors(gateway_factory: GatewayFactory) -> None:
+    origin = "https://label.example.com"
+    async with gateway_factory(cors_origins=[origin]) as gw:
+        preflight = await gw.client.options(
+            "/segment",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,authorization",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == origin
+        other = await gw.client.get("/healthz", headers={"Origin": "https://evil.example.com"})
+        assert "access-control-allow-origin" not in other.headers
+    async with gateway_factory() as closed:
+        response = await closed.client.get("/healthz", headers={"Origin": origin})
+        assert "access-control-allow-origin" not in response.headers
+
+
+async def test_random_weights_say_so_in_every_response(gateway_factory: GatewayFactory) -> None:
+    async with gateway_factory(checkpoint="random") as gw:
+        body = (
+            await gw.client.post(
+                "/embed", content=png_bytes(), headers={"Content-Type": "image/png"}
+            )
+        ).json()
+        assert "RANDOM-WEIGHTS" in body["model"]
+        segment = await gw.client.post(
+            "/segment",
+            json={"image_id": body["image_id"], "prompts": [{"points": [[1, 1]], "labels": [1]}]},
+        )
+        assert "RANDOM-WEIGHTS" in segment.json()["model"]

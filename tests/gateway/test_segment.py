@@ -1,0 +1,197 @@
+"""POST /segment: cache hits, formats, and the conformance fixture through HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from tests.conftest import Fixture
+from tests.gateway.conftest import Gateway, GatewayFactory
+from tests.model.conformance import LOGITS_ATOL, array_failures, mask_iou, unpack_masks
+
+
+def fixture_prompts(fixture: Fixture) -> list[dict[str, Any]]:
+    prompts = []
+    for prompt in fixture.prompts():
+        item: dict[str, Any] = {
+            "points": [list(p) for p in prompt.points],
+            "labels": list(prompt.labels),
+        }
+        if prompt.box is not None:
+            item["box"] = list(prompt.box)
+        prompts.append(item)
+    return prompts
+
+
+def decode_logits(candidate: dict[str, Any]) -> np.ndarray:
+    logits = candidate["logits"]
+    assert logits["dtype"] == "float32"
+    raw = np.frombuffer(base64.b64decode(logits["data"]), dtype="<f4")
+    return raw.reshape(logits["shape"])
+
+
+def rle_mask(candidate: dict[str, Any]) -> np.ndarray:
+    mask = candidate["mask"]
+    return coco_mask.decode({"size": mask["size"], "counts": mask["counts"].encode()}).astype(bool)
+
+
+async def test_cache_hit_runs_no_encoder(gateway: Gateway, image_bytes: bytes) -> None:
+    embed = await gateway.client.post(
+        "/embed", content=image_bytes, headers={"Content-Type": "image/jpeg"}
+    )
+    image_id = embed.json()["image_id"]
+    assert gateway.encodes == 1
+    for _ in range(3):
+        response = await gateway.client.post(
+            "/segment",
+            json={"image_id": image_id, "prompts": [{"points": [[580, 350]], "labels": [1]}]},
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["cached"] is True
+    assert gateway.encodes == 1
+    assert gateway.metric("esam_cache_lookups_total", {"tier": "l1", "outcome": "hit"}) >= 3
+
+
+async def test_image_in_the_request_is_encoded_and_cached(
+    gateway: Gateway, image_bytes: bytes
+) -> None:
+    request = {
+        "image": base64.b64encode(image_bytes).decode(),
+        "prompts": [{"points": [[580, 350]], "labels": [1]}],
+        "multimask": False,
+    }
+    first = await gateway.client.post("/segment", json=request)
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["cached"] is False
+    assert body["image_id"] == hashlib.sha256(image_bytes).hexdigest()
+    assert len(body["results"]) == 1
+    assert len(body["results"][0]["candidates"]) == 1
+    second = await gateway.client.post("/segment", json=request)
+    assert second.json()["cached"] is True
+    assert gateway.encodes == 1
+
+
+async def test_sixteen_concurrent_segments_encode_once(
+    gateway: Gateway, image_bytes: bytes
+) -> None:
+    request = {
+        "image": base64.b64encode(image_bytes).decode(),
+        "prompts": [{"points": [[580, 350]], "labels": [1]}],
+        "mask_format": "none",
+    }
+    responses = await asyncio.gather(
+        *(gateway.client.post("/segment", json=request) for _ in range(16))
+    )
+    assert [r.status_code for r in responses] == [200] * 16
+    assert gateway.encodes == 1
+    assert sum(not r.json()["cached"] for r in responses) == 1
+    assert gateway.metric("esam_singleflight_waits_total", {"scope": "process"}) >= 1
+
+
+@pytest.mark.parametrize("dtype", ["float32"])
+async def test_conformance_fixture_through_http(
+    gateway_factory: GatewayFactory,
+    fixture: Fixture,
+    expected: dict[str, np.ndarray],
+    image_bytes: bytes,
+    dtype: str,
+) -> None:
+    async with gateway_factory(embedding_dtype=dtype) as gw:
+        npy = await gw.client.post(
+            "/embed",
+            content=image_bytes,
+            headers={"Content-Type": "image/jpeg", "Accept": "application/x-npy"},
+        )
+        embedding = np.load(io.BytesIO(npy.content))
+        assert embedding.dtype == np.float32
+        assert array_failures({"image_embeddings": embedding}, expected) == []
+
+        image_id = npy.headers["X-Image-Id"]
+        prompts = fixture_prompts(fixture)
+        multi = await gw.client.post(
+            "/segment", json={"image_id": image_id, "prompts": prompts, "return_logits": True}
+        )
+        single = await gw.client.post(
+            "/segment",
+            json={
+                "image_id": image_id,
+                "prompts": prompts,
+                "return_logits": True,
+                "multimask": False,
+            },
+        )
+    assert multi.status_code == single.status_code == 200
+    expected_masks = unpack_masks(expected)
+    for q, result in enumerate(multi.json()["results"]):
+        candidates = result["candidates"]
+        scores = [c["score"] for c in candidates]
+        assert scores == sorted(scores, reverse=True)
+        # candidates come sorted by score: map each back to its mask token by its score
+        order = np.argsort(-expected["iou_multimask"][0, q], kind="stable")
+        for rank, k in enumerate(order):
+            candidate = candidates[rank]
+            assert abs(candidate["score"] - expected["iou_multimask"][0, q, k]) <= LOGITS_ATOL
+            logits = decode_logits(candidate)
+            assert (
+                np.abs(logits - expected["low_res_logits_multimask"][0, q, k]).max() <= LOGITS_ATOL
+            )
+            assert mask_iou(rle_mask(candidate), expected_masks[q, k]) >= 0.99
+            assert candidate["area"] == int(rle_mask(candidate).sum())
+    for q, result in enumerate(single.json()["results"]):
+        (candidate,) = result["candidates"]
+        assert abs(candidate["score"] - expected["iou_single"][0, q, 0]) <= LOGITS_ATOL
+        assert (
+            np.abs(decode_logits(candidate) - expected["low_res_logits_single"][0, q, 0]).max()
+            <= LOGITS_ATOL
+        )
+
+
+async def test_float16_embeddings_barely_move_the_masks(
+    gateway: Gateway, fixture: Fixture, expected: dict[str, np.ndarray], image_bytes: bytes
+) -> None:
+    assert gateway.state.settings.embedding_dtype == "float16"
+    response = await gateway.client.post(
+        "/segment",
+        json={"image": base64.b64encode(image_bytes).decode(), "prompts": fixture_prompts(fixture)},
+    )
+    assert response.status_code == 200
+    expected_masks = unpack_masks(expected)
+    ious = []
+    for q, result in enumerate(response.json()["results"]):
+        order = np.argsort(-expected["iou_multimask"][0, q], kind="stable")
+        for rank, k in enumerate(order):
+            ious.append(mask_iou(rle_mask(result["candidates"][rank]), expected_masks[q, k]))
+    assert min(ious) >= 0.99, ious
+
+
+async def test_mask_formats_agree(gateway: Gateway, image_bytes: bytes) -> None:
+    request: dict[str, Any] = {
+        "image": base64.b64encode(image_bytes).decode(),
+        "prompts": [{"box": [480, 250, 720, 600]}],
+        "multimask": False,
+    }
+    by_format = {}
+    for fmt in ("rle", "png", "polygons", "none"):
+        response = await gateway.client.post("/segment", json={**request, "mask_format": fmt})
+        assert response.status_code == 200, response.text
+        by_format[fmt] = response.json()["results"][0]["candidates"][0]
+    reference = rle_mask(by_format["rle"])
+    png = Image.open(io.BytesIO(base64.b64decode(by_format["png"]["mask"])))
+    np.testing.assert_array_equal(np.asarray(png.convert("L")) > 0, reference)
+    polygons = by_format["polygons"]["mask"]
+    assert polygons
+    assert all({"exterior", "holes"} <= set(p) for p in polygons)
+    assert "mask" not in by_format["none"]
+    assert {c["area"] for c in by_format.values()} == {int(reference.sum())}
+    ys, xs = np.nonzero(reference)
+    x, y, w, h = by_format["rle"]["bbox"]
+    assert (x, y, x + w - 1, y + h - 1) == (xs.min(), ys.min(), xs.max(), ys.max())
