@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test lint format weights bench-model bench-gateway clean
+.PHONY: install serve test lint format weights triton onnx bench-model bench-gateway bench-triton clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +35,21 @@ format: $(STAMP)
 weights: $(STAMP)  ## download and verify the official checkpoint (VARIANT=ti|s)
 	$(BIN)/python -m service.model.weights $(VARIANT)
 
+triton: $(STAMP)  ## local CPU Triton with the encoder (ESAM_CHECKPOINT; TRITON_HTTP_PORT/GRPC_PORT/METRICS_PORT, default 8000-8002)
+	$(BIN)/python -m service.devtools.triton
+
+onnx: $(STAMP)  ## export the encoder for the onnxruntime/TensorRT Triton model (ESAM_CHECKPOINT)
+	$(BIN)/python -m service.model.onnx_export --checkpoint "$${ESAM_CHECKPOINT:?set ESAM_CHECKPOINT}" \
+		--input-dtype fp16 --encoder model_repository/efficientsam_encoder_onnx/1/model.onnx
+
 bench-model: $(STAMP)  ## encoder/decoder speed against an explicit-softmax fp32 baseline
 	$(BIN)/python bench/model.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+
+bench-triton: $(STAMP)  ## throughput/latency vs concurrency through the gateway and directly against Triton
+	$(BIN)/python bench/triton.py
 
 bench-gateway: $(STAMP)  ## cache-hit /segment over HTTP against a direct decoder call; cold vs warm /embed
 	$(BIN)/python bench/gateway.py

@@ -17,6 +17,9 @@ from service.model.prompts import Prompt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# gateway and Redis fixtures, shared by the gateway and Triton tests
+pytest_plugins = ["tests.gateway.fixtures"]
+
 
 def fixtures_dir() -> Path:
     return Path(os.environ.get("ESAM_FIXTURES_DIR", REPO_ROOT.parent / "shared" / "fixtures"))

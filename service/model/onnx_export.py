@@ -1,10 +1,12 @@
 """ONNX export of the encoder (dynamic batch) and decoder (dynamic prompt count).
 
-``python -m service.model.onnx_export --checkpoint ckpt.pt --out-dir build/onnx``
-writes ``encoder.onnx`` and ``decoder.onnx``.
+``python -m service.model.onnx_export --checkpoint ckpt.pt --encoder enc.onnx --decoder dec.onnx``
+writes either or both (``make onnx`` writes the encoder of the Triton ``onnxruntime``
+model, ``model_repository/efficientsam_encoder_onnx/1/model.onnx``).
 
-* encoder: ``pixels`` float32 ``[B, 3, 1024, 1024]`` in [0, 1] (resized, not
-  normalised) → ``image_embeddings`` float32 ``[B, 256, 64, 64]``;
+* encoder: ``pixels`` ``[B, 3, 1024, 1024]`` RGB in [0, 1] (resized, not
+  normalised; float32, or float16 with ``--input-dtype fp16``) → ``embeddings``
+  float32 ``[B, 256, 64, 64]`` — the same tensor names as the Triton model;
 * decoder: ``image_embeddings`` ``[1, 256, 64, 64]``, ``points`` ``[N, 6, 2]``
   (model frame, padded with -1), ``labels`` ``[N, 6]`` (padding -1) →
   ``low_res_logits`` ``[N, 4, 256, 256]`` and ``iou_predictions`` ``[N, 4]``
@@ -27,7 +29,7 @@ from service.model.efficient_sam import EfficientSam
 
 OPSET = 18
 ENCODER_INPUTS = ("pixels",)
-ENCODER_OUTPUTS = ("image_embeddings",)
+ENCODER_OUTPUTS = ("embeddings",)
 DECODER_INPUTS = ("image_embeddings", "points", "labels")
 DECODER_OUTPUTS = ("low_res_logits", "iou_predictions")
 
@@ -38,7 +40,7 @@ class EncoderGraph(nn.Module):
         self.model = model
 
     def forward(self, pixels: Tensor) -> Tensor:
-        return self.model.embed(pixels)
+        return self.model.embed(pixels.float())
 
 
 class DecoderGraph(nn.Module):
@@ -54,12 +56,15 @@ class DecoderGraph(nn.Module):
         return logits, iou
 
 
-def export_encoder(model: EfficientSam, path: Path, max_batch: int = 64) -> Path:
+def export_encoder(
+    model: EfficientSam, path: Path, max_batch: int = 64, input_dtype: str = "fp32"
+) -> Path:
     size = model.config.img_size
     batch = torch.export.Dim("batch", min=1, max=max_batch)
+    dtype = torch.float16 if input_dtype == "fp16" else torch.float32
     program = torch.onnx.export(
         EncoderGraph(model).eval(),
-        (torch.rand(2, 3, size, size),),
+        (torch.rand(2, 3, size, size).to(dtype),),
         input_names=list(ENCODER_INPUTS),
         output_names=list(ENCODER_OUTPUTS),
         dynamic_shapes=({0: batch},),
@@ -103,17 +108,26 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path)
     source.add_argument("--random", choices=VARIANTS, help="random weights (testing only)")
-    parser.add_argument("--out-dir", type=Path, required=True)
-    parser.add_argument("--part", choices=("encoder", "decoder", "both"), default="both")
+    parser.add_argument("--encoder", type=Path, help="where to write the encoder")
+    parser.add_argument("--decoder", type=Path, help="where to write the decoder")
+    parser.add_argument(
+        "--input-dtype",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="dtype of the encoder's pixels input (the Triton model uses fp16)",
+    )
     args = parser.parse_args(argv)
+    if not (args.encoder or args.decoder):
+        parser.error("give --encoder and/or --decoder")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     model = load_model(args.checkpoint) if args.checkpoint else random_model(args.random)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        if args.part in ("encoder", "both"):
-            print(export_encoder(model, args.out_dir / "encoder.onnx"))
-        if args.part in ("decoder", "both"):
-            print(export_decoder(model, args.out_dir / "decoder.onnx"))
+        if args.encoder:
+            args.encoder.parent.mkdir(parents=True, exist_ok=True)
+            print(export_encoder(model, args.encoder, input_dtype=args.input_dtype))
+        if args.decoder:
+            args.decoder.parent.mkdir(parents=True, exist_ok=True)
+            print(export_decoder(model, args.decoder))
     return 0
 
 

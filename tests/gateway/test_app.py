@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.gateway.conftest import Gateway, GatewayFactory
+from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.gateway.test_errors import png_bytes
 
 

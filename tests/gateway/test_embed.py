@@ -8,7 +8,7 @@ import io
 
 import numpy as np
 
-from tests.gateway.conftest import Gateway
+from tests.gateway.fixtures import Gateway
 
 
 async def test_raw_body_embeds_once_then_hits_the_cache(

@@ -12,7 +12,7 @@ import pytest
 import redis
 from PIL import Image
 
-from tests.gateway.conftest import Gateway, GatewayFactory
+from tests.gateway.fixtures import Gateway, GatewayFactory
 
 API_KEY = "k" * 24
 

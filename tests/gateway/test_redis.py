@@ -8,7 +8,7 @@ import base64
 import redis
 
 from service.core.embedding import Embedding
-from tests.gateway.conftest import GatewayFactory
+from tests.gateway.fixtures import GatewayFactory
 from tests.gateway.test_errors import png_bytes
 from tests.services import RedisServer
 

@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from tests.conftest import Fixture
-from tests.gateway.conftest import Gateway, GatewayFactory
+from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.model.conformance import LOGITS_ATOL, array_failures, mask_iou, unpack_masks
 
 

@@ -33,6 +33,7 @@ def test_encoder_matches_fixture_with_dynamic_batch(
         str(onnx_dir / "encoder.onnx"), providers=["CPUExecutionProvider"]
     )
     pixels = resize_to_model(decode_image(fixture.image_path.read_bytes()))[None].numpy()
+    assert [o.name for o in session.get_outputs()] == ["embeddings"]  # the Triton contract
     (one,) = session.run(None, {"pixels": pixels})
     assert array_failures({"image_embeddings": one}, expected) == []
     (two,) = session.run(None, {"pixels": np.concatenate([pixels, pixels[:, :, ::-1]])})

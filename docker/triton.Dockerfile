@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1.7
+# Triton Inference Server with the EfficientSAM encoder (Python backend).
+# 24.10 = Triton 2.51, the server the tests run locally (nvidia-pytriton 0.7.0).
+#   docker build -f docker/triton.Dockerfile -t efficientsam-triton .
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
+FROM ${TRITON_IMAGE}
+
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# PyTorch for the container's CUDA 12.6 driver stack (cu124 wheels run on it) and Python 3.10.
+RUN pip install --index-url https://download.pytorch.org/whl/cu124 torch==2.5.1 \
+    && pip install "numpy<2" "tritonclient[grpc]==2.51.0"
+
+# Only the model package is needed by model.py: install the project without its
+# gateway dependencies.
+WORKDIR /opt/efficientsam
+COPY pyproject.toml README.md ./
+COPY service ./service
+RUN pip install --no-deps . \
+    && rm -rf /opt/efficientsam/service
+
+COPY model_repository /models
+# The CPU configuration for laptops (docker-compose.cpu.yml), derived from the
+# production config.pbtxt by the same code as `make triton`.
+RUN python -m service.devtools.triton_config --source /models \
+        --out /models/efficientsam_encoder/configs/cpu.pbtxt \
+    && chown -R 1000:1000 /models
+
+# triton-server (uid 1000 in the NGC image)
+USER 1000:1000
+ENV ESAM_CHECKPOINT=/weights/efficient_sam_vitt.pt
+EXPOSE 8000 8001 8002
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["curl", "-fsS", "http://127.0.0.1:8000/v2/health/ready"]
+CMD ["tritonserver", "--model-repository=/models", "--exit-on-error=true", "--strict-readiness=true"]

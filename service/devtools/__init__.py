@@ -1,0 +1,1 @@
+"""Development tools: a local Triton Inference Server for development, tests and CI."""

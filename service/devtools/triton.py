@@ -1,0 +1,293 @@
+"""A real local Triton Inference Server, from the ``nvidia-pytriton`` wheel, on CPU.
+
+``python -m service.devtools.triton`` (``make triton``) derives a CPU model
+repository from ``model_repository/`` (the same ``model.py``; the config is
+rewritten: ``KIND_CPU``, fp32, the chosen wire dtypes and batching), starts
+the ``tritonserver`` bundled in ``nvidia-pytriton`` on the ports given, and
+waits until the model is ready. Tests use :class:`LocalTriton` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+
+from service.devtools.triton_config import DTYPES, MODEL, SOURCE_REPOSITORY, cpu_config
+
+REPO = SOURCE_REPOSITORY.parent
+
+
+class TritonNotAvailableError(RuntimeError):
+    """nvidia-pytriton is not installed, or its server cannot run here."""
+
+
+def pytriton_root() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise TritonNotAvailableError(
+            "nvidia-pytriton is not installed: pip install -e '.[triton]'"
+        ) from exc
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def prepare(
+    workdir: Path,
+    *,
+    checkpoint: str,
+    wire: str = "fp32",
+    output: str = "fp32",
+    max_batch: int = 2,
+    queue_delay_us: int = 5000,
+    extra_wires: tuple[str, ...] = (),
+) -> tuple[Path, Path]:
+    """Write the CPU model repository and a backends folder with the Python stub.
+
+    ``extra_wires`` adds one more model per wire dtype (``efficientsam_encoder_<wire>``,
+    same code, output FP32), so that one server can compare wire formats.
+    """
+    repository = workdir / "model_repository"
+    shutil.rmtree(repository, ignore_errors=True)
+    models = {MODEL: (wire, output), **{f"{MODEL}_{w}": (w, "fp32") for w in extra_wires}}
+    for name, (model_wire, model_output) in models.items():
+        model_dir = repository / name
+        shutil.copytree(
+            SOURCE_REPOSITORY / MODEL,
+            model_dir,
+            ignore=shutil.ignore_patterns("__pycache__", "config.pbtxt"),
+        )
+        config = cpu_config(
+            wire=model_wire,
+            output=model_output,
+            max_batch=max_batch,
+            queue_delay_us=queue_delay_us,
+            checkpoint=checkpoint,
+        )
+        (model_dir / "config.pbtxt").write_text(
+            config.replace(f'name: "{MODEL}"', f'name: "{name}"')
+        )
+    root = pytriton_root()
+    backends = workdir / "backends"
+    python_backend = backends / "python"
+    shutil.rmtree(backends, ignore_errors=True)
+    python_backend.mkdir(parents=True)
+    for item in (root / "backends" / "python").iterdir():
+        if item.is_file():
+            (python_backend / item.name).symlink_to(item)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise TritonNotAvailableError(f"no Triton Python backend stub for Python {version}")
+    shutil.copy2(stub, python_backend / stub.name)
+    return repository, backends
+
+
+@dataclass
+class LocalTriton:
+    """A ``tritonserver`` process serving the CPU repository."""
+
+    workdir: Path
+    checkpoint: str
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    wire: str = "fp32"
+    output: str = "fp32"
+    max_batch: int = 2
+    queue_delay_us: int = 5000
+    log_path: Path | None = None
+    address: str = "127.0.0.1"
+    extra_wires: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _prepared: tuple[Path, Path] | None = field(default=None, init=False)
+    _log: BinaryIO | None = field(default=None, init=False)
+
+    @staticmethod
+    def model_for_wire(wire: str) -> str:
+        """Name of the extra model that takes ``wire`` (see ``extra_wires``)."""
+        return f"{MODEL}_{wire}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout_s: float = 180) -> None:
+        if self._prepared is None:
+            self._prepared = prepare(
+                self.workdir,
+                checkpoint=self.checkpoint,
+                wire=self.wire,
+                output=self.output,
+                max_batch=self.max_batch,
+                queue_delay_us=self.queue_delay_us,
+                extra_wires=self.extra_wires,
+            )
+        repository, backends = self._prepared
+        root = pytriton_root()
+        site = root.parents[1]
+        env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": ":".join(
+                filter(
+                    None, [str(site / "nvidia_pytriton.libs"), os.environ.get("LD_LIBRARY_PATH")]
+                )
+            ),
+            # the Python backend imports torch and this project from the same environment
+            "PYTHONPATH": ":".join(
+                filter(None, [str(REPO), *sys.path[1:], os.environ.get("PYTHONPATH")])
+            ),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
+        }
+        if self.log_path is not None and self._log is None:
+            self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+            [
+                str(root / "bin" / "tritonserver"),
+                f"--model-repository={repository}",
+                f"--backend-directory={backends}",
+                f"--http-port={self.http_port}",
+                f"--grpc-port={self.grpc_port}",
+                f"--metrics-port={self.metrics_port}",
+                f"--http-address={self.address}",
+                f"--grpc-address={self.address}",
+                f"--metrics-address={self.address}",
+                "--allow-metrics=true",
+                "--allow-gpu-metrics=false",
+                "--allow-cpu-metrics=false",
+                "--log-verbose=0",
+                "--exit-on-error=true",
+                "--strict-readiness=true",
+            ],
+            env=env,
+            stdout=self._log if self._log is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"{self.http_url}/v2/health/ready"  # strict readiness: every model ready
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise TritonNotAvailableError(
+                    f"tritonserver exited with {self.process.returncode}"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise TritonNotAvailableError(f"{MODEL} was not ready within {timeout_s:g}s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self._terminate()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _terminate(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self.process = None
+
+    def metrics_text(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a local CPU Triton with the encoder.")
+    parser.add_argument(
+        "--checkpoint",
+        default=os.environ.get("ESAM_CHECKPOINT", ""),
+        help="checkpoint path, or 'random' (default: $ESAM_CHECKPOINT)",
+    )
+    parser.add_argument(
+        "--http-port", type=int, default=int(os.environ.get("TRITON_HTTP_PORT", 8000))
+    )
+    parser.add_argument(
+        "--grpc-port", type=int, default=int(os.environ.get("TRITON_GRPC_PORT", 8001))
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=int(os.environ.get("TRITON_METRICS_PORT", 8002))
+    )
+    parser.add_argument("--wire", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--output", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--max-batch", type=int, default=2)
+    parser.add_argument("--queue-delay-us", type=int, default=5000)
+    parser.add_argument("--workdir", type=Path, default=REPO / "build" / "triton")
+    args = parser.parse_args(argv)
+    if not args.checkpoint:
+        from service.errors import WeightsDownloadError
+        from service.model.weights import download_weights
+
+        try:
+            args.checkpoint = str(download_weights("ti"))
+        except WeightsDownloadError as exc:
+            print(
+                f"error: no checkpoint given and the official one could not be downloaded "
+                f"({exc}); set ESAM_CHECKPOINT to a checkpoint path, or 'random'",
+                file=sys.stderr,
+            )
+            return 2
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    server = LocalTriton(
+        args.workdir,
+        str(Path(args.checkpoint).resolve()) if args.checkpoint != "random" else "random",
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        wire=args.wire,
+        output=args.output,
+        max_batch=args.max_batch,
+        queue_delay_us=args.queue_delay_us,
+        log_path=args.workdir / "tritonserver.log",
+    )
+    try:
+        server.start()
+    except TritonNotAvailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"triton ready: grpc {server.grpc_url}, http {server.http_url}, "
+        f"metrics http://127.0.0.1:{args.metrics_port}/metrics (log: {server.log_path}); "
+        "Ctrl-C stops it"
+    )
+    try:
+        assert server.process is not None
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""The model repository: configs parse, agree with each other and with the ONNX export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from service.devtools.triton_config import SOURCE_REPOSITORY, cpu_config
+from service.model import EfficientSam
+from service.model.onnx_export import export_encoder
+
+MODELS = ["efficientsam_encoder", "efficientsam_encoder_onnx"]
+
+
+def load_config(text: str) -> mc.ModelConfig:
+    config = mc.ModelConfig()
+    text_format.Parse(text, config)
+    return config
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_production_configs(name: str) -> None:
+    config = load_config((SOURCE_REPOSITORY / name / "config.pbtxt").read_text())
+    assert config.name == name
+    assert [i.name for i in config.input] == ["pixels"]
+    assert list(config.input[0].dims) == [3, 1024, 1024]
+    assert [o.name for o in config.output] == ["embeddings"]
+    assert list(config.output[0].dims) == [256, 64, 64]
+    assert config.max_batch_size >= 8
+    assert max(config.dynamic_batching.preferred_batch_size) <= config.max_batch_size
+    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert not list((SOURCE_REPOSITORY / name).rglob("*.pt"))  # weights are never in git
+
+
+def test_cpu_configuration_is_derived_not_duplicated() -> None:
+    config = load_config(
+        cpu_config(wire="fp32", output="fp32", max_batch=4, queue_delay_us=100, checkpoint="/w.pt")
+    )
+    assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert config.input[0].data_type == mc.TYPE_FP32
+    assert config.max_batch_size == 4
+    assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
+    assert config.parameters["checkpoint"].string_value == "/w.pt"
+    assert config.parameters["precision"].string_value == "fp32"
+    assert config.backend == "python"
+    assert sorted(p.name for p in (SOURCE_REPOSITORY / "efficientsam_encoder").rglob("*.py")) == [
+        "model.py"
+    ]
+
+
+def test_onnx_export_fits_the_onnx_model_config(
+    fixture_model: EfficientSam, tmp_path: Path, expected: dict[str, np.ndarray]
+) -> None:
+    config = load_config(
+        (SOURCE_REPOSITORY / "efficientsam_encoder_onnx" / "config.pbtxt").read_text()
+    )
+    path = tmp_path / "model.onnx"
+    with torch.no_grad():
+        export_encoder(fixture_model, path, input_dtype="fp16")
+    graph = onnx.load(str(path)).graph
+    (inp,) = graph.input
+    (out,) = graph.output
+    assert (inp.name, out.name) == ("pixels", "embeddings")
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert config.input[0].data_type == mc.TYPE_FP16
+    assert out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert config.output[0].data_type == mc.TYPE_FP32
+
+    pixels = torch.rand(2, 3, 1024, 1024, generator=torch.Generator().manual_seed(0)).half()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (embeddings,) = session.run(None, {"pixels": pixels.numpy()})
+    with torch.inference_mode():
+        reference = fixture_model.embed(pixels.float()).numpy()
+    assert np.abs(embeddings - reference).max() <= 1e-3

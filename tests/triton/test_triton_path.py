@@ -1,0 +1,195 @@
+"""The gateway's Triton encoder against a real Triton server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from service.devtools.triton import MODEL, LocalTriton
+from tests.conftest import Fixture
+from tests.gateway.fixtures import GatewayFactory
+from tests.gateway.test_errors import png_bytes
+from tests.gateway.test_segment import decode_logits, fixture_prompts, rle_mask
+from tests.model.conformance import LOGITS_ATOL, array_failures, mask_iou, unpack_masks
+from tests.triton.conftest import start_triton
+
+#: Bound for a reduced-precision wire (FP16 measures ≥ 0.9995, UINT8 ≥ 0.996 on the fixture).
+REDUCED_WIRE_MIN_IOU = 0.995
+
+
+def triton_counter(server: LocalTriton, metric: str, model: str = MODEL) -> float:
+    pattern = re.compile(rf'^{metric}{{[^}}]*model="{model}"[^}}]*}} ([0-9.e+]+)$', re.M)
+    return sum(float(v) for v in pattern.findall(server.metrics_text()))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_same_embeddings_and_masks_as_the_fixture(
+    gateway_factory: GatewayFactory,
+    triton: LocalTriton,
+    fixture: Fixture,
+    expected: dict[str, np.ndarray],
+    image_bytes: bytes,
+    protocol: str,
+) -> None:
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+    async with gateway_factory(encoder="triton", triton_url=url, embedding_dtype="float32") as gw:
+        assert (await gw.client.get("/readyz")).json()["encoder"] == "ok"
+        npy = await gw.client.post(
+            "/embed",
+            content=image_bytes,
+            headers={"Content-Type": "image/jpeg", "Accept": "application/x-npy"},
+        )
+        assert npy.status_code == 200, npy.text
+        embedding = np.load(io.BytesIO(npy.content))
+        assert array_failures({"image_embeddings": embedding}, expected) == []
+        response = await gw.client.post(
+            "/segment",
+            json={
+                "image_id": npy.headers["X-Image-Id"],
+                "prompts": fixture_prompts(fixture),
+                "return_logits": True,
+            },
+        )
+    masks = unpack_masks(expected)
+    for q, result in enumerate(response.json()["results"]):
+        order = np.argsort(-expected["iou_multimask"][0, q], kind="stable")
+        for rank, k in enumerate(order):
+            candidate = result["candidates"][rank]
+            logits = decode_logits(candidate)
+            assert (
+                np.abs(logits - expected["low_res_logits_multimask"][0, q, k]).max() <= LOGITS_ATOL
+            )
+            assert mask_iou(rle_mask(candidate), masks[q, k]) >= 0.99
+
+
+@pytest.mark.parametrize("wire", ["fp16", "uint8"])
+async def test_reduced_precision_wire_keeps_the_masks(
+    gateway_factory: GatewayFactory,
+    triton: LocalTriton,
+    fixture: Fixture,
+    expected: dict[str, np.ndarray],
+    image_bytes: bytes,
+    wire: str,
+) -> None:
+    async with gateway_factory(
+        encoder="triton",
+        triton_url=triton.grpc_url,
+        triton_model=LocalTriton.model_for_wire(wire),
+        embedding_dtype="float32",
+    ) as gw:
+        response = await gw.client.post(
+            "/segment",
+            json={
+                "image": base64.b64encode(image_bytes).decode(),
+                "prompts": fixture_prompts(fixture),
+            },
+        )
+        assert response.status_code == 200, response.text
+    masks = unpack_masks(expected)
+    ious = []
+    for q, result in enumerate(response.json()["results"]):
+        order = np.argsort(-expected["iou_multimask"][0, q], kind="stable")
+        ious += [
+            mask_iou(rle_mask(result["candidates"][r]), masks[q, k]) for r, k in enumerate(order)
+        ]
+    assert min(ious) >= REDUCED_WIRE_MIN_IOU, ious
+
+
+async def test_dynamic_batching_merges_concurrent_embeds(
+    gateway_factory: GatewayFactory, triton: LocalTriton
+) -> None:
+    executions = triton_counter(triton, "nv_inference_exec_count")
+    successes = triton_counter(triton, "nv_inference_request_success")
+    async with gateway_factory(encoder="triton", triton_url=triton.grpc_url) as gw:
+        images = [png_bytes(96, 64, seed=100 + i) for i in range(8)]
+        responses = await asyncio.gather(
+            *(
+                gw.client.post("/embed", content=image, headers={"Content-Type": "image/png"})
+                for image in images
+            )
+        )
+        assert [r.status_code for r in responses] == [200] * 8
+        assert gw.encodes == 8
+    new_requests = triton_counter(triton, "nv_inference_request_success") - successes
+    new_executions = triton_counter(triton, "nv_inference_exec_count") - executions
+    assert new_requests == 8
+    assert new_executions < new_requests, (new_executions, new_requests)
+
+
+async def test_an_error_in_one_request_spares_its_batch(triton: LocalTriton) -> None:
+    async def infer(client: grpcclient.InferenceServerClient, pixels: np.ndarray) -> np.ndarray:
+        infer_input = grpcclient.InferInput("pixels", list(pixels.shape), "FP32")
+        infer_input.set_data_from_numpy(pixels)
+        result = await client.infer(MODEL, [infer_input])
+        out: np.ndarray = result.as_numpy("embeddings")
+        return out
+
+    good = np.random.default_rng(0).random((1, 3, 1024, 1024), dtype=np.float32)
+    bad = good.copy()
+    bad[0, 0, 0, 0] = np.nan
+    executions = triton_counter(triton, "nv_inference_exec_count")
+    async with grpcclient.InferenceServerClient(triton.grpc_url.removeprefix("grpc://")) as client:
+        busy = asyncio.create_task(infer(client, good))  # occupies the model instance
+        await asyncio.sleep(0.3)
+        results = await asyncio.gather(
+            infer(client, bad), infer(client, good), return_exceptions=True
+        )
+        first = await busy
+    failed, spared = results
+    assert isinstance(failed, InferenceServerException)
+    assert "NaN" in failed.message()
+    assert isinstance(spared, np.ndarray)
+    np.testing.assert_allclose(spared, first, atol=1e-5)
+    # the bad and the good request were merged into one execution
+    assert triton_counter(triton, "nv_inference_exec_count") - executions == 2
+
+
+async def test_triton_down_gives_fast_503_then_recovers(
+    gateway_factory: GatewayFactory, fixture: Fixture, tmp_path: Path
+) -> None:
+    server = start_triton(tmp_path, fixture.checkpoint)
+    try:
+        async with gateway_factory(
+            encoder="triton", triton_url=server.grpc_url, encode_timeout_s=20
+        ) as gw:
+            ok = await gw.client.post(
+                "/embed", content=png_bytes(seed=1), headers={"Content-Type": "image/png"}
+            )
+            assert ok.status_code == 200
+
+            server.stop()
+            for seed in (2, 3, 4, 5):
+                start = time.monotonic()
+                down = await gw.client.post(
+                    "/embed", content=png_bytes(seed=seed), headers={"Content-Type": "image/png"}
+                )
+                assert down.status_code == 503, down.text
+                assert down.json()["error"]["code"] == "encoder_unavailable"
+                assert int(down.headers["Retry-After"]) >= 1
+                assert time.monotonic() - start < 3.0
+            ready = await gw.client.get("/readyz")
+            assert ready.status_code == 503
+            assert len(gw.state.embeddings.cache.l1) == 1  # nothing cached for failed requests
+
+            server.start()
+            deadline = time.monotonic() + 30
+            while True:
+                again = await gw.client.post(
+                    "/embed", content=png_bytes(seed=6), headers={"Content-Type": "image/png"}
+                )
+                if again.status_code == 200 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            assert again.status_code == 200, again.text
+            assert (await gw.client.get("/readyz")).status_code == 200
+    finally:
+        server.stop()
