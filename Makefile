@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test lint format weights triton onnx bench-model bench-gateway bench-triton clean
+.PHONY: install serve test lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ clean:
 
 bench-triton: $(STAMP)  ## throughput/latency vs concurrency through the gateway and directly against Triton
 	$(BIN)/python bench/triton.py
+
+bench-load: $(STAMP)  ## annotators against gateway + local Triton + Redis (FAULT=redis|triton to kill one mid-run)
+	$(BIN)/python bench/load.py $(if $(FAULT),--fault $(FAULT))
+
+bench-hostile: $(STAMP)  ## hostile inputs: status, latency, peak RSS
+	$(BIN)/python bench/hostile.py
 
 bench-gateway: $(STAMP)  ## cache-hit /segment over HTTP against a direct decoder call; cold vs warm /embed
 	$(BIN)/python bench/gateway.py

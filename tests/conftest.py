@@ -17,8 +17,8 @@ from service.model.prompts import Prompt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# gateway and Redis fixtures, shared by the gateway and Triton tests
-pytest_plugins = ["tests.gateway.fixtures"]
+# gateway, Redis and Triton fixtures, shared across the test folders
+pytest_plugins = ["tests.gateway.fixtures", "tests.triton.fixtures"]
 
 
 def fixtures_dir() -> Path:

@@ -185,8 +185,10 @@ class LocalTriton:
         url = f"{self.http_url}/v2/health/ready"  # strict readiness: every model ready
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
+                code = self.process.returncode
+                self.stop()
                 raise TritonNotAvailableError(
-                    f"tritonserver exited with {self.process.returncode}"
+                    f"tritonserver exited with {code}"
                     + (f"; see {self.log_path}" if self.log_path else "")
                 )
             try:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import (
@@ -38,13 +40,41 @@ STATUS: dict[str, int] = {
     EncoderUnavailableError.code: 503,
 }
 
-#: Statuses Starlette raises itself (unknown route, wrong method) → our codes.
+#: Statuses Starlette/FastAPI raise themselves → our codes. A body that cannot be
+#: parsed (bad JSON bytes, too many multipart fields) is a validation error: 422.
 _HTTP_CODES = {
-    400: InvalidRequestError.code,  # e.g. a JSON body that cannot be parsed
+    400: InvalidRequestError.code,
     404: "not_found",
     405: "method_not_allowed",
     413: ImageTooLargeError.code,
 }
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, machine-readable error code")
+    message: str = Field(description="what was wrong, for humans")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {
+    401: "missing or invalid API key (`unauthorized`)",
+    404: "no cached embedding for this image (`embedding_not_found`): send the image again",
+    413: "body or image too large (`image_too_large`)",
+    415: "unsupported Content-Type or image format (`unsupported_media_type`)",
+    422: "invalid image, prompt or request (`invalid_image`, `invalid_prompt`, `invalid_request`)",
+    429: "the encoder queue is full (`overloaded`); retry after `Retry-After` seconds",
+    503: "the encoder is unavailable (`encoder_unavailable`); retry after `Retry-After` seconds",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the errors a route can answer."""
+    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS[s]} for s in statuses}
 
 
 def error_response(
@@ -97,7 +127,8 @@ def register_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(code, str(exc.detail), exc.status_code, exc.headers)
+        status = STATUS.get(code, exc.status_code)
+        return error_response(code, str(exc.detail), status, exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception(

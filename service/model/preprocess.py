@@ -9,6 +9,7 @@ rotation), which is also what ``/embed`` reports as ``width`` and ``height``.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 
 import numpy as np
@@ -23,6 +24,7 @@ from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMed
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"})
 
 RGBImage = NDArray[np.uint8]
+log = logging.getLogger(__name__)
 
 
 def _to_rgb(img: Image.Image) -> RGBImage:
@@ -39,6 +41,16 @@ def _to_rgb(img: Image.Image) -> RGBImage:
     if img.mode != "RGB":
         img = img.convert("RGB")  # L, LA, P, PA, RGBA (alpha dropped), CMYK, YCbCr, 1...
     return np.array(img, dtype=np.uint8)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; an unreadable EXIF block is ignored, not fatal."""
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except Exception:  # malformed EXIF (phones, editors): keep the stored orientation
+        log.info("ignoring an unreadable EXIF block")
+        return img
+    return upright if upright is not None else img
 
 
 def decode_image(data: bytes, max_pixels: int | None = None) -> RGBImage:
@@ -68,8 +80,7 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> RGBImage:
                     f"the limit is {max_pixels}"
                 )
             img.load()
-            upright = ImageOps.exif_transpose(img)
-            return _to_rgb(upright if upright is not None else img)
+            return _to_rgb(_upright(img))
     except (ImageTooLargeError, UnsupportedMediaTypeError, InvalidImageError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -80,3 +80,22 @@ def test_onnx_export_fits_the_onnx_model_config(
     with torch.inference_mode():
         reference = fixture_model.embed(pixels.float()).numpy()
     assert np.abs(embeddings - reference).max() <= 1e-3
+
+
+def test_missing_checkpoint_fails_to_load_with_a_clear_message(tmp_path: Path) -> None:
+    from service.devtools.triton import LocalTriton, TritonNotAvailableError
+    from tests.services import free_port
+
+    server = LocalTriton(
+        tmp_path,
+        str(tmp_path / "absent.pt"),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_path=tmp_path / "tritonserver.log",
+    )
+    with pytest.raises(TritonNotAvailableError):
+        server.start(timeout_s=120)
+    log = (tmp_path / "tritonserver.log").read_text()
+    assert "absent.pt' not found" in log
+    assert "ESAM_CHECKPOINT" in log

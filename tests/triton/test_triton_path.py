@@ -20,7 +20,7 @@ from tests.gateway.fixtures import GatewayFactory
 from tests.gateway.test_errors import png_bytes
 from tests.gateway.test_segment import decode_logits, fixture_prompts, rle_mask
 from tests.model.conformance import LOGITS_ATOL, array_failures, mask_iou, unpack_masks
-from tests.triton.conftest import start_triton
+from tests.triton.fixtures import start_triton
 
 #: Bound for a reduced-precision wire (FP16 measures ≥ 0.9995, UINT8 ≥ 0.996 on the fixture).
 REDUCED_WIRE_MIN_IOU = 0.995

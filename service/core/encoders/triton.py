@@ -33,7 +33,16 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "embeddings"
 _WIRE_DTYPES: dict[str, Any] = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
-_RETRYABLE = ("UNAVAILABLE", "Connect", "connect", "Cannot connect", "Connection")
+_GRPC_CHANNEL_ARGS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+]
+#: Failures that mean "Triton (or its model) is not there": retried once, counted by the
+#: circuit breaker. NOT_FOUND is what a Triton that is shutting down answers.
+_RETRYABLE = ("UNAVAILABLE", "NOT_FOUND", "unknown model", "Connect", "connect", "Connection")
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -75,7 +84,8 @@ class TritonEncoder:
     # --- lifecycle --------------------------------------------------------------------------
     def _new_client(self) -> Any:
         if self.protocol == "grpc":
-            return grpcclient.InferenceServerClient(self.address)
+            # reconnect within a second once Triton is back (gRPC's default backoff reaches 120 s)
+            return grpcclient.InferenceServerClient(self.address, channel_args=_GRPC_CHANNEL_ARGS)
         return httpclient.InferenceServerClient(self.address, conn_timeout=self.timeout_s)
 
     async def start(self) -> None:
@@ -87,8 +97,9 @@ class TritonEncoder:
             self._client = None
 
     async def ready(self) -> bool:
+        """Triton's model readiness. A ready model also closes an open circuit at once."""
         try:
-            return bool(
+            ready = bool(
                 await asyncio.wait_for(
                     self._client.is_model_ready(self.model_name), self.probe_timeout_s
                 )
@@ -99,6 +110,10 @@ class TritonEncoder:
         except Exception as exc:  # aiohttp / grpc transport errors
             log.debug("triton readiness probe failed: %s", exc)
             return False
+        if ready and self._breaker.is_open:
+            log.info("triton is ready again: closing the circuit")
+            self._breaker.success()
+        return ready
 
     async def _wire(self) -> str:
         if self._wire_dtype is None:

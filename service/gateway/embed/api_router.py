@@ -7,6 +7,7 @@ from fastapi import APIRouter, Header, Request, Response
 from service.gateway.auth import ApiKey
 from service.gateway.embed.protocol import EmbedResponse
 from service.gateway.embed.serving import embed_image, embedding_headers
+from service.gateway.errors import error_responses
 from service.gateway.images import IMAGE_REQUEST_BODY, read_image
 from service.gateway.npy import NPY_MEDIA_TYPE, npy_response, wants_npy
 from service.gateway.state import State
@@ -30,7 +31,8 @@ router = APIRouter(tags=["embeddings"], dependencies=[ApiKey])
         200: {
             "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
             "description": "JSON by default; the .npy embedding with the Accept header.",
-        }
+        },
+        **error_responses(401, 413, 415, 422, 429, 503),
     },
 )
 async def embed(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Response
 
 from service.errors import EmbeddingNotFoundError
 from service.gateway.auth import ApiKey
+from service.gateway.errors import error_responses
 from service.gateway.npy import NPY_RESPONSE, npy_response
 from service.gateway.segment.protocol import IMAGE_ID_PATTERN
 from service.gateway.state import State
@@ -20,7 +21,11 @@ ImageId = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="SHA-256 hex
     "/{image_id}",
     status_code=204,
     summary="Is this image's embedding cached?",
-    responses={204: {"description": "cached"}, 404: {"description": "not cached"}},
+    responses={
+        204: {"description": "cached"},
+        404: {"description": "not cached (no body)"},
+        **error_responses(401, 422),
+    },
 )
 async def has_embedding(image_id: ImageId, state: State) -> Response:
     if await state.embeddings.contains(image_id):
@@ -31,7 +36,7 @@ async def has_embedding(image_id: ImageId, state: State) -> Response:
 @router.get(
     "/{image_id}",
     response_class=Response,
-    responses=NPY_RESPONSE,
+    responses={**NPY_RESPONSE, **error_responses(401, 404, 422)},
     summary="The cached embedding as .npy",
 )
 async def get_embedding(image_id: ImageId, state: State) -> Response:
@@ -47,7 +52,12 @@ async def get_embedding(image_id: ImageId, state: State) -> Response:
     return npy_response(embedding, headers)
 
 
-@router.delete("/{image_id}", status_code=204, summary="Forget an image's embedding")
+@router.delete(
+    "/{image_id}",
+    status_code=204,
+    summary="Forget an image's embedding",
+    responses=error_responses(401, 422),
+)
 async def delete_embedding(image_id: ImageId, state: State) -> Response:
     await state.embeddings.delete(image_id)
     return Response(status_code=204)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.gateway.auth import ApiKey
+from service.gateway.errors import error_responses
 from service.gateway.segment.protocol import SegmentRequest, SegmentResponse
 from service.gateway.segment.serving import segment as run_segment
 from service.gateway.state import State
@@ -16,6 +17,7 @@ router = APIRouter(tags=["segmentation"], dependencies=[ApiKey])
     "/segment",
     response_model=SegmentResponse,
     response_model_exclude_none=True,
+    responses=error_responses(401, 404, 413, 422, 429, 503),
     summary="Masks for point and box prompts on one image",
     description=(
         "Send `image_id` (from `/embed`) or the image itself (base64). Each prompt gets "
