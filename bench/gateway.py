@@ -22,10 +22,7 @@ import asyncio
 import io
 import os
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -39,6 +36,7 @@ from service.core.decoding import Decoder, DecodeRequest
 from service.core.embedding import Embedding
 from service.core.loading import load_serving_model
 from service.core.metrics import Metrics
+from service.devtools.gateway_process import GatewayProcess
 from service.model.preprocess import decode_image, resize_to_model
 from service.model.prompts import Prompt, prompts_to_arrays
 
@@ -46,12 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))
 FIXTURE = FIXTURE / "efficientsam-ti-seed0"
 PROMPT = {"points": [[580, 350]], "labels": [1]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -82,29 +74,6 @@ async def run_concurrent(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies
-
-
-def start_server(checkpoint: str, port: int, decodes: int) -> subprocess.Popen[bytes]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ESAM_")},
-        "ESAM_CHECKPOINT": checkpoint,
-        "ESAM_PORT": str(port),
-        "ESAM_LOG_LEVEL": "warning",
-        "ESAM_MAX_CONCURRENT_DECODES": str(decodes),
-    }
-    return subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=REPO)
-
-
-async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if (await client.get("/readyz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError("the service did not become ready")
 
 
 async def main() -> None:
@@ -140,12 +109,13 @@ async def main() -> None:
     async def direct() -> None:
         await decoder.segment(request)
 
-    port = free_port()
-    server = start_server(checkpoint, port, args.decodes)
+    server = GatewayProcess(
+        {"ESAM_CHECKPOINT": checkpoint, "ESAM_MAX_CONCURRENT_DECODES": str(args.decodes)}
+    )
+    server.start()
     results: dict[tuple[str, int], list[float]] = {}
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
-            await wait_ready(client)
+        async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
             image_id = (
                 await client.post("/embed", content=image, headers={"Content-Type": "image/jpeg"})
             ).json()["image_id"]
@@ -175,8 +145,7 @@ async def main() -> None:
                     response.raise_for_status()
                     sink.append(time.perf_counter() - start)
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
         await decoder.close()
 
     print(

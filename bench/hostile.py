@@ -15,8 +15,6 @@ import io
 import json
 import os
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -26,18 +24,12 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from service.devtools.gateway_process import GatewayProcess
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))
 CHECKPOINT = FIXTURE / "efficientsam-ti-seed0" / "efficient_sam_vitt_random_seed0.pt"
 KEY = "bench-hostile-key-0123456789"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -85,15 +77,13 @@ def oversized_upload(port: int) -> tuple[int, float, int]:
 
 
 def main() -> None:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ESAM_")},
-        "ESAM_CHECKPOINT": str(CHECKPOINT) if CHECKPOINT.exists() else "random",
-        "ESAM_PORT": str(port),
-        "ESAM_API_KEYS": KEY,
-        "ESAM_LOG_LEVEL": "warning",
-    }
-    gateway = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=REPO)
+    gateway = GatewayProcess(
+        {
+            "ESAM_CHECKPOINT": str(CHECKPOINT) if CHECKPOINT.exists() else "random",
+            "ESAM_API_KEYS": KEY,
+        }
+    )
+    gateway.start()
     auth = {"Authorization": f"Bearer {KEY}"}
     good = jpeg()
     good_id = hashlib.sha256(good).hexdigest()
@@ -222,13 +212,7 @@ def main() -> None:
         ),
     ]
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            for _ in range(600):
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+        with httpx.Client(base_url=gateway.url, timeout=120) as client:
             print(
                 f"# hostile input against the gateway (pid {gateway.pid}); peak RSS after start-up "
                 f"{peak_rss_mb(gateway.pid):.0f} MiB"
@@ -260,7 +244,7 @@ def main() -> None:
                     f"| {name} | {route} | {response.status_code} | {code} | {latency:.0f} | {growth:.1f} | {cached} |"
                 )
             before = peak_rss_mb(gateway.pid)
-            status, latency, sent = oversized_upload(port)
+            status, latency, sent = oversized_upload(gateway.port)
             print(
                 f"| oversized body (declares 1 GiB; raw socket) | /embed | {status} | image_too_large | "
                 f"{latency:.0f} | {peak_rss_mb(gateway.pid) - before:.1f} | - |"
@@ -269,8 +253,7 @@ def main() -> None:
                 f"\n(the oversized upload was answered after {sent} of its declared 1 GiB had been sent)"
             )
     finally:
-        gateway.terminate()
-        gateway.wait(60)
+        gateway.stop()
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ import asyncio
 import itertools
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -31,21 +29,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from service.devtools.gateway_process import GatewayProcess
 from service.devtools.loadgen import LoadConfig, run_load
-from service.devtools.redis_server import RedisServer
+from service.devtools.redis_server import RedisServer, free_port
 from service.devtools.triton import MODEL, LocalTriton
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))
 CHECKPOINT = FIXTURE / "efficientsam-ti-seed0" / "efficient_sam_vitt_random_seed0.pt"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
@@ -56,17 +47,6 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-async def wait_ready(client: httpx.AsyncClient) -> None:
-    for _ in range(600):
-        try:
-            if (await client.get("/readyz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError("gateway not ready")
 
 
 async def main() -> None:
@@ -99,26 +79,20 @@ async def main() -> None:
             log_path=Path(workdir) / "triton.log",
         )
         triton.start()
-        port = free_port()
-        prefix = f"bench-{uuid.uuid4().hex[:8]}"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("ESAM_")},
-            "ESAM_CHECKPOINT": args.checkpoint,
-            "ESAM_ENCODER": "triton",
-            "ESAM_TRITON_URL": triton.grpc_url,
-            "ESAM_CACHE": "redis",
-            "ESAM_REDIS_URL": args.redis_url,
-            "ESAM_REDIS_KEY_PREFIX": prefix,
-            "ESAM_PORT": str(port),
-            "ESAM_LOG_LEVEL": "warning",
-            "ESAM_ENCODE_TIMEOUT_S": "300",
-        }
-        gateway = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=REPO)
+        gateway = GatewayProcess(
+            {
+                "ESAM_CHECKPOINT": args.checkpoint,
+                "ESAM_ENCODER": "triton",
+                "ESAM_TRITON_URL": triton.grpc_url,
+                "ESAM_CACHE": "redis",
+                "ESAM_REDIS_URL": args.redis_url,
+                "ESAM_REDIS_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:8]}",
+                "ESAM_ENCODE_TIMEOUT_S": "300",
+            }
+        )
+        gateway.start()
         try:
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}", timeout=600
-            ) as client:
-                await wait_ready(client)
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=600) as client:
                 text = triton.metrics_text()
                 exec_before = metric_sum(text, "nv_inference_exec_count", model=MODEL)
                 triton_count = metric_sum(text, "nv_inference_request_success", model=MODEL)
@@ -146,8 +120,7 @@ async def main() -> None:
             executions = metric_sum(text, "nv_inference_exec_count", model=MODEL) - exec_before
             requests = metric_sum(text, "nv_inference_request_success", model=MODEL) - triton_count
         finally:
-            gateway.terminate()
-            gateway.wait(60)
+            gateway.stop()
             triton.stop()
             if private_redis is not None:
                 private_redis.stop()

@@ -19,8 +19,6 @@ import io
 import os
 import platform
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -32,19 +30,13 @@ import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
 from PIL import Image
 
+from service.devtools.gateway_process import GatewayProcess
+from service.devtools.redis_server import free_port
 from service.devtools.triton import MODEL, LocalTriton
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))
 CHECKPOINT = FIXTURE / "efficientsam-ti-seed0" / "efficient_sam_vitt_random_seed0.pt"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def counter(server: LocalTriton, metric: str) -> float:
@@ -122,29 +114,20 @@ async def bench_direct(
 async def bench_gateway(
     server: LocalTriton, levels: list[int], requests: int, checkpoint: str
 ) -> list[str]:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ESAM_")},
-        "ESAM_CHECKPOINT": checkpoint,
-        "ESAM_ENCODER": "triton",
-        "ESAM_TRITON_URL": server.grpc_url,
-        "ESAM_PORT": str(port),
-        "ESAM_LOG_LEVEL": "warning",
-        "ESAM_ENCODER_QUEUE_SIZE": "1024",
-        "ESAM_ENCODE_TIMEOUT_S": "600",
-    }
-    gateway = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=REPO)
+    gateway = GatewayProcess(
+        {
+            "ESAM_CHECKPOINT": checkpoint,
+            "ESAM_ENCODER": "triton",
+            "ESAM_TRITON_URL": server.grpc_url,
+            "ESAM_ENCODER_QUEUE_SIZE": "1024",
+            "ESAM_ENCODE_TIMEOUT_S": "600",
+        }
+    )
+    gateway.start()
     rows = []
     seed = iter(range(10_000, 1_000_000))
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=900) as client:
-            for _ in range(600):
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=900) as client:
             for c in levels:
                 n = max(requests, c)
                 images = [jpeg(next(seed)) for _ in range(n)]
@@ -168,8 +151,7 @@ async def bench_gateway(
                     )
                 )
     finally:
-        gateway.terminate()
-        gateway.wait(30)
+        gateway.stop()
     return rows
 
 

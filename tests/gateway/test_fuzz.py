@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from service.devtools.gateway_process import GatewayProcess
 from tests.conftest import Fixture
-from tests.services import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 MAX_EXAMPLES = 25  # per operation; the run is deterministic (fixed seed)
 CHECKS = ",".join(
     [
@@ -33,27 +29,12 @@ def test_schemathesis_finds_no_server_error(fixture: Fixture, tmp_path: Path) ->
     binary = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
     if not Path(binary).exists():
         pytest.fail("schemathesis is not installed (a dev dependency)")
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ESAM_")},
-        "ESAM_CHECKPOINT": str(fixture.checkpoint),
-        "ESAM_PORT": str(port),
-        "ESAM_MAX_IMAGE_BYTES": str(256 * 1024),
-        "ESAM_LOG_LEVEL": "warning",
-    }
-    gateway = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=REPO)
+    gateway = GatewayProcess(
+        {"ESAM_CHECKPOINT": str(fixture.checkpoint), "ESAM_MAX_IMAGE_BYTES": str(256 * 1024)}
+    )
+    gateway.start()
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert gateway.poll() is None, "the gateway exited"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not become ready"
-            time.sleep(0.2)
+        url = gateway.url
         report = tmp_path / "report.json"
         result = subprocess.run(
             [
@@ -85,8 +66,7 @@ def test_schemathesis_finds_no_server_error(fixture: Fixture, tmp_path: Path) ->
         )
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     finally:
-        gateway.terminate()
-        gateway.wait(60)
+        gateway.stop()
     data = json.loads(report.read_text())
     assert data["complete"] is True
     assert data["operations"]["tested"] == data["operations"]["total"] >= 8

@@ -3,58 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
 from service.core.embedding import Embedding
+from service.devtools.gateway_process import GatewayProcess
 from service.devtools.loadgen import jpeg_image
 from tests.conftest import Fixture
-from tests.services import RedisServer, free_port
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=url) as client:
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "the gateway exited during start-up"
-            try:
-                if (await client.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    pytest.fail("the gateway did not become ready")
+from tests.services import RedisServer
 
 
 async def test_sigterm_finishes_in_flight_requests(
     fixture: Fixture, private_redis: RedisServer
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     prefix = "shutdown-test"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ESAM_")},
-        "ESAM_CHECKPOINT": str(fixture.checkpoint),
-        "ESAM_CACHE": "redis",
-        "ESAM_REDIS_URL": private_redis.url,
-        "ESAM_REDIS_KEY_PREFIX": prefix,
-        "ESAM_PORT": str(port),
-        "ESAM_ENCODER_MAX_BATCH": "1",
-        "ESAM_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=REPO)
+    gateway = GatewayProcess(
+        {
+            "ESAM_CHECKPOINT": str(fixture.checkpoint),
+            "ESAM_CACHE": "redis",
+            "ESAM_REDIS_URL": private_redis.url,
+            "ESAM_REDIS_KEY_PREFIX": prefix,
+            "ESAM_ENCODER_MAX_BATCH": "1",
+        }
+    )
+    gateway.start()
+    process, url = gateway.process, gateway.url
+    assert process is not None
     try:
-        await wait_ready(url, process)
         images = [jpeg_image(7000 + i, (320, 240)) for i in range(4)]
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
             in_flight = [
@@ -82,6 +60,4 @@ async def test_sigterm_finishes_in_flight_requests(
             record = Embedding.from_bytes(client_redis.get(key) or b"")
             assert (record.width, record.height) == (320, 240)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        gateway.stop()
