@@ -13,6 +13,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from service import __version__
 from service.core.loading import resolve_checkpoint
 from service.core.metrics import Metrics
+from service.gateway.docs.api_router import router as docs_router
 from service.gateway.embed.api_router import router as embed_router
 from service.gateway.embeddings.api_router import router as embeddings_router
 from service.gateway.errors import register_error_handlers
@@ -51,9 +52,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # served by gateway/docs, behind the API key when one is configured
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     register_error_handlers(app)
-    for router in (embed_router, segment_router, embeddings_router, health_router):
+    for router in (embed_router, segment_router, embeddings_router, health_router, docs_router):
         app.include_router(router)
 
     # Outermost last: request id + metrics + body limit wrap everything.

@@ -219,6 +219,11 @@ async def test_api_keys(gateway_factory: GatewayFactory) -> None:
         assert_error(wrong, 401, "unauthorized")
         head = await gw.client.head("/embeddings/" + "0" * 64)
         assert head.status_code == 401
+        for path in ("/docs", "/openapi.json"):
+            assert_error(await gw.client.get(path), 401, "unauthorized")
+        keyed = await gw.client.get("/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert keyed.status_code == 200
+        assert "/segment" in keyed.json()["paths"]
         for path in ("/healthz", "/readyz", "/metrics"):
             assert (await gw.client.get(path)).status_code == 200
         assert gw.encodes == 0
