@@ -1,9 +1,8 @@
 """Encoder throughput and latency against concurrency, directly against Triton and
 through the gateway, with requests per model execution (dynamic batching).
 
-Starts a local Triton (``service.devtools.triton``; on a GPU machine pass
-``--device gpu`` to serve the production config) and, for the gateway rows,
-the real gateway (``python -m service`` with ``ESAM_ENCODER=triton``). Every
+Starts a local Triton on CPU (``service.devtools.triton``: the CPU config
+derived from the production one) and, for the gateway rows, the real gateway (``python -m service`` with ``ESAM_ENCODER=triton``). Every
 request carries a new image, so nothing is served from a cache.
 
     python bench/triton.py                                  # CPU, fixture checkpoint or random
