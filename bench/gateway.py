@@ -26,6 +26,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -43,7 +44,7 @@ from service.model.prompts import Prompt, prompts_to_arrays
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))
 FIXTURE = FIXTURE / "efficientsam-ti-seed0"
-PROMPT = {"points": [[580, 350]], "labels": [1]}
+PROMPT: dict[str, Any] = {"points": [[580, 350]], "labels": [1]}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -102,7 +103,9 @@ async def main() -> None:
     embedding = Embedding.from_float32(
         loaded.model.embed(resize_to_model(rgb)[None]).numpy(), width, height, "float16"
     )
-    points, labels = prompts_to_arrays([Prompt(**PROMPT)], width, height)  # type: ignore[arg-type]
+    points, labels = prompts_to_arrays(
+        [Prompt(points=PROMPT["points"], labels=PROMPT["labels"])], width, height
+    )
     decoder = Decoder(loaded.model, max_concurrency=args.decodes, metrics=Metrics())
     request = DecodeRequest(embedding, points, labels, True, "rle", False)
 
@@ -134,7 +137,8 @@ async def main() -> None:
                         latencies = await run_concurrent(call, args.requests, c)
                         results.setdefault((name, c), []).extend(latencies)
 
-            cold, warm = [], []
+            cold: list[float] = []
+            warm: list[float] = []
             for seed in range(1, args.cold_images + 1):
                 data = synthetic_jpeg(seed)
                 for sink in (cold, warm):

@@ -32,7 +32,8 @@ import numpy as np
 from service.devtools.gateway_process import GatewayProcess
 from service.devtools.loadgen import LoadConfig, run_load
 from service.devtools.redis_server import RedisServer, free_port
-from service.devtools.triton import MODEL, LocalTriton
+from service.devtools.triton import LocalTriton
+from service.devtools.triton_config import MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))

@@ -13,6 +13,7 @@ Prints one line per measurement with the median time and the speed-up ratio.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import platform
 import statistics
@@ -51,7 +52,8 @@ def time_pair(
 ) -> tuple[float, float]:
     """Median seconds of each, measured alternately after one warm-up call."""
     ours(), base()
-    t_ours, t_base = [], []
+    t_ours: list[float] = []
+    t_base: list[float] = []
     for _ in range(repeats):
         for fn, sink in ((ours, t_ours), (base, t_base)):
             sync(device)
@@ -103,8 +105,8 @@ def main() -> None:
         points = torch.rand(n, 2, 2, device=device) * 1024
         labels = torch.ones(n, 2, device=device)
         ours_s, base_s = time_pair(
-            lambda p=points, lab=labels: model.decode(embedding, p, lab),
-            lambda p=points, lab=labels: baseline.decode(embedding, p, lab),
+            functools.partial(model.decode, embedding, points, labels),
+            functools.partial(baseline.decode, embedding, points, labels),
             device,
             args.repeats * 4,
         )

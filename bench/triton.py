@@ -31,7 +31,8 @@ from PIL import Image
 
 from service.devtools.gateway_process import GatewayProcess
 from service.devtools.redis_server import free_port
-from service.devtools.triton import MODEL, LocalTriton
+from service.devtools.triton import LocalTriton
+from service.devtools.triton_config import MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))

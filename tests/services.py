@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import redis
 
 from service.devtools import redis_server
 from service.devtools.redis_server import free_port, redis_answers
 
-__all__ = ["RedisServer", "free_port", "redis_answers"]
+__all__ = ["RedisServer", "free_port", "redis_answers", "stored_record"]
 
 
 class RedisServer(redis_server.RedisServer):
@@ -26,3 +27,10 @@ class RedisServer(redis_server.RedisServer):
             if os.environ.get("CI"):
                 pytest.fail(str(exc))
             pytest.skip(str(exc))
+
+
+def stored_record(client: redis.Redis, key: str | bytes) -> bytes:
+    """The raw value at ``key`` (an embedding record), which must exist."""
+    value = client.get(key)
+    assert isinstance(value, bytes), f"no record at {key!r}"
+    return value

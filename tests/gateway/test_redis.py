@@ -5,20 +5,28 @@ from __future__ import annotations
 import asyncio
 import base64
 
+import httpx
 import redis
 
 from service.core.embedding import Embedding
-from tests.gateway.fixtures import GatewayFactory
+from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.gateway.test_errors import png_bytes
-from tests.services import RedisServer
+from tests.services import RedisServer, stored_record
 
 
 def raw(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
-async def embed(client: object, data: bytes) -> dict[str, object]:
-    response = await client.post("/embed", content=data, headers={"Content-Type": "image/png"})  # type: ignore[attr-defined]
+def redis_key(gateway: Gateway, image_id: object) -> str:
+    """The Redis key under which the gateway stores this image's embedding."""
+    tier = gateway.state.embeddings.cache.redis
+    assert tier is not None
+    return tier.key(gateway.state.embeddings.key(str(image_id)))
+
+
+async def embed(client: httpx.AsyncClient, data: bytes) -> dict[str, object]:
+    response = await client.post("/embed", content=data, headers={"Content-Type": "image/png"})
     assert response.status_code == 200, response.text
     body: dict[str, object] = response.json()
     return body
@@ -31,12 +39,8 @@ async def test_embedding_is_shared_between_replicas(
     async with gateway_factory(cache="redis", redis_url=redis_url, cache_ttl_s=600) as first:
         body = await embed(first.client, image)
         assert body["cached"] is False
-        key = first.state.embeddings.cache.redis.key(
-            first.state.embeddings.key(str(body["image_id"]))
-        )  # type: ignore[union-attr]
-        stored = raw(redis_url).get(key)
-        assert stored is not None
-        record = Embedding.from_bytes(stored)
+        key = redis_key(first, body["image_id"])
+        record = Embedding.from_bytes(stored_record(raw(redis_url), key))
         assert (record.width, record.height, record.dtype) == (64, 48, "float16")
         assert 0 < raw(redis_url).ttl(key) <= 600
 
@@ -124,10 +128,10 @@ async def test_corrupt_record_is_a_miss(gateway_factory: GatewayFactory, redis_u
     async with gateway_factory(cache="redis", redis_url=redis_url) as gw:
         body = await embed(gw.client, image)
         cache = gw.state.embeddings.cache
-        key = cache.redis.key(gw.state.embeddings.key(str(body["image_id"])))  # type: ignore[union-attr]
+        key = redis_key(gw, body["image_id"])
         raw(redis_url).set(key, b"ESE1 not really")
         cache.l1.clear()
         again = await embed(gw.client, image)
         assert again["cached"] is False
         assert gw.encodes == 2
-        assert Embedding.from_bytes(raw(redis_url).get(key) or b"").width == 64
+        assert Embedding.from_bytes(stored_record(raw(redis_url), key)).width == 64

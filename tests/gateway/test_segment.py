@@ -35,12 +35,16 @@ def decode_logits(candidate: dict[str, Any]) -> np.ndarray:
     logits = candidate["logits"]
     assert logits["dtype"] == "float32"
     raw = np.frombuffer(base64.b64decode(logits["data"]), dtype="<f4")
-    return raw.reshape(logits["shape"])
+    shaped: np.ndarray = raw.reshape(logits["shape"])
+    return shaped
 
 
 def rle_mask(candidate: dict[str, Any]) -> np.ndarray:
     mask = candidate["mask"]
-    return coco_mask.decode({"size": mask["size"], "counts": mask["counts"].encode()}).astype(bool)
+    decoded: np.ndarray = coco_mask.decode(
+        {"size": mask["size"], "counts": mask["counts"].encode()}
+    )
+    return decoded.astype(bool)
 
 
 async def test_cache_hit_runs_no_encoder(gateway: Gateway, image_bytes: bytes) -> None:

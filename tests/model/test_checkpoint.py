@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from service.errors import CheckpointError
-from service.model import build_model, infer_variant, load_model, random_model, read_state_dict
+from service.model import (
+    VARIANTS,
+    Variant,
+    build_model,
+    infer_variant,
+    load_model,
+    random_model,
+    read_state_dict,
+)
 from tests.conftest import Fixture, fixtures_dir
 
 
@@ -22,11 +30,11 @@ def official_shapes(fixture: Fixture) -> dict[str, dict[str, list[int]]]:
     return shapes
 
 
-@pytest.mark.parametrize("variant", ["ti", "s"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_state_dict_matches_official_keys_and_shapes(
-    variant: str, official_shapes: dict[str, dict[str, list[int]]]
+    variant: Variant, official_shapes: dict[str, dict[str, list[int]]]
 ) -> None:
-    model = random_model(variant)  # type: ignore[arg-type]
+    model = random_model(variant)
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert ours == official_shapes[variant]
 

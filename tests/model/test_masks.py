@@ -72,9 +72,9 @@ def test_polygons_keep_holes() -> None:
     # Rasterise back: exterior filled minus hole filled reproduces the mask's interior.
     canvas = np.zeros(mask.shape, dtype=np.uint8)
     for polygon in polygons:
-        cv2.fillPoly(canvas, [np.array(polygon["exterior"], dtype=np.int32)], 1)
+        cv2.fillPoly(canvas, [np.array(polygon["exterior"], dtype=np.int32)], (1,))
         for hole in polygon["holes"]:
-            cv2.fillPoly(canvas, [np.array(hole, dtype=np.int32)], 0)
+            cv2.fillPoly(canvas, [np.array(hole, dtype=np.int32)], (0,))
     # boundary pixels of holes are traced on the mask side: compare interiors
     assert np.logical_xor(canvas.astype(bool), mask).sum() <= 2 * (6 + 4)
     xs = [x for x, _ in big["exterior"]]

@@ -17,10 +17,18 @@ from service.model import EfficientSam
 from service.model.preprocess import decode_image, resize_to_model
 from tests.conftest import Fixture
 from tests.gateway.fixtures import GatewayFactory
-from tests.services import RedisServer
+from tests.services import RedisServer, stored_record
 from tests.triton.fixtures import start_triton
 
-SMALL = {"image_size": (320, 240), "prompts_per_image": (3, 5)}
+
+def small_load(annotators: int, images: int, seed: int) -> LoadConfig:
+    return LoadConfig(
+        annotators=annotators,
+        images_per_annotator=images,
+        seed=seed,
+        image_size=(320, 240),
+        prompts_per_image=(3, 5),
+    )
 
 
 async def test_redis_killed_mid_load_loses_no_request(
@@ -34,7 +42,7 @@ async def test_redis_killed_mid_load_loses_no_request(
         redis_timeout_s=0.3,
         redis_retry_s=0.5,
     ) as gw:
-        config = LoadConfig(annotators=4, images_per_annotator=4, seed=1, **SMALL)  # type: ignore[arg-type]
+        config = small_load(annotators=4, images=4, seed=1)
         load = asyncio.create_task(run_load(gw.client, config))
         await asyncio.sleep(2.0)
         private_redis.stop()
@@ -73,7 +81,7 @@ async def test_triton_stopped_mid_load_fails_fast_then_recovers(
             redis_url=private_redis.url,
             encode_timeout_s=deadline_s,
         ) as gw:
-            config = LoadConfig(annotators=4, images_per_annotator=5, seed=2, **SMALL)  # type: ignore[arg-type]
+            config = small_load(annotators=4, images=5, seed=2)
             load = asyncio.create_task(run_load(gw.client, config))
             await asyncio.sleep(3.0)
             await asyncio.to_thread(server.stop)  # the load keeps running meanwhile
@@ -101,9 +109,7 @@ async def test_triton_stopped_mid_load_fails_fast_then_recovers(
             assert result.unexpected == []
 
             # success returns without restarting the gateway
-            after = await run_load(
-                gw.client, LoadConfig(annotators=2, images_per_annotator=2, seed=3, **SMALL)
-            )  # type: ignore[arg-type]
+            after = await run_load(gw.client, small_load(annotators=2, images=2, seed=3))
             assert after.failed == [], after.failed
             embedded = result.image_ids | after.image_ids | {probe.json()["image_id"]}
 
@@ -115,9 +121,9 @@ async def test_triton_stopped_mid_load_fails_fast_then_recovers(
             for image_seed in (2 * 100_000, 3 * 100_000):  # first image of annotator 0 in each run
                 image = jpeg_image(image_seed, (320, 240))
                 key = gw.state.embeddings.key(hashlib.sha256(image).hexdigest())
-                record = client.get(f"{prefix}:emb:{key}")
-                if record is None:
+                if not client.exists(f"{prefix}:emb:{key}"):
                     continue  # its upload fell into the outage
+                record = stored_record(client, f"{prefix}:emb:{key}")
                 cached = Embedding.from_bytes(record).as_float32()
                 with torch.inference_mode():
                     local = fixture_model.embed(resize_to_model(decode_image(image))[None]).numpy()

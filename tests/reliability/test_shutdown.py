@@ -13,7 +13,7 @@ from service.core.embedding import Embedding
 from service.devtools.gateway_process import GatewayProcess
 from service.devtools.loadgen import jpeg_image
 from tests.conftest import Fixture
-from tests.services import RedisServer
+from tests.services import RedisServer, stored_record
 
 
 async def test_sigterm_finishes_in_flight_requests(
@@ -57,7 +57,7 @@ async def test_sigterm_finishes_in_flight_requests(
             r.json()["image_id"] for r in responses
         )
         for key in keys:  # every record is whole
-            record = Embedding.from_bytes(client_redis.get(key) or b"")
+            record = Embedding.from_bytes(stored_record(client_redis, key))
             assert (record.width, record.height) == (320, 240)
     finally:
         gateway.stop()

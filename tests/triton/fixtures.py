@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from tests.conftest import Fixture
 from tests.services import free_port
 
 
-def start_triton(workdir: Path, checkpoint: Path, **options: object) -> LocalTriton:
+def start_triton(workdir: Path, checkpoint: Path, **options: Any) -> LocalTriton:
     server = LocalTriton(
         workdir,
         str(checkpoint),
@@ -21,7 +22,7 @@ def start_triton(workdir: Path, checkpoint: Path, **options: object) -> LocalTri
         grpc_port=free_port(),
         metrics_port=free_port(),
         log_path=workdir / "tritonserver.log",
-        **options,  # type: ignore[arg-type]
+        **options,
     )
     try:
         server.start()

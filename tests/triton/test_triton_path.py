@@ -14,7 +14,8 @@ import pytest
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from service.devtools.triton import MODEL, LocalTriton
+from service.devtools.triton import LocalTriton
+from service.devtools.triton_config import MODEL
 from tests.conftest import Fixture
 from tests.gateway.fixtures import GatewayFactory
 from tests.gateway.test_errors import png_bytes
