@@ -65,3 +65,9 @@ class Metrics:
         self.redis_up = Gauge(
             "esam_redis_up", "1 while the Redis tier answers, 0 while it is bypassed.", registry=r
         )
+        self.model_info = Gauge(
+            "esam_model_info",
+            "1 for the model this process serves (its id keys the cache).",
+            ["model", "encoder", "cache", "embedding_dtype"],
+            registry=r,
+        )

@@ -95,6 +95,9 @@ async def init_state(settings: Settings, checkpoint: str, metrics: Metrics) -> S
     decoder = Decoder(
         loaded.model, max_concurrency=settings.max_concurrent_decodes, metrics=metrics
     )
+    metrics.model_info.labels(
+        loaded.model_id, settings.encoder, settings.cache, settings.embedding_dtype
+    ).set(1)
     if redis is not None and not await redis.ping():
         log.warning(
             "redis at %s does not answer; starting without the shared cache", settings.redis_url
