@@ -21,6 +21,10 @@ async def test_openapi_documents_every_route(gateway: Gateway) -> None:
     embed_body = paths["/embed"]["post"]["requestBody"]["content"]
     assert {"image/*", "multipart/form-data", "application/json"} <= set(embed_body)
     assert "application/x-npy" in paths["/embed"]["post"]["responses"]["200"]["content"]
+    links = paths["/embed"]["post"]["responses"]["200"]["links"]
+    operation_ids = {op["operationId"] for path in paths.values() for op in path.values()}
+    assert {link["operationId"] for link in links.values()} <= operation_ids
+    assert links["Segment"]["requestBody"]["image_id"] == "$response.body#/image_id"
     schemas = spec["components"]["schemas"]
     assert schemas["SegmentRequest"]["examples"]
     assert schemas["EmbedResponse"]["examples"]

@@ -14,6 +14,19 @@ from service.gateway.state import State
 
 router = APIRouter(tags=["embeddings"], dependencies=[ApiKey])
 
+_IMAGE_ID = "$response.body#/image_id"
+#: OpenAPI links: what a client (or a stateful fuzzer) does with the returned image_id.
+EMBED_LINKS = {
+    "Segment": {
+        "operationId": "segment",
+        "requestBody": {"image_id": _IMAGE_ID, "prompts": [{"points": [[0, 0]], "labels": [1]}]},
+        "description": "Prompts for this image by its id.",
+    },
+    "GetEmbedding": {"operationId": "get_embedding", "parameters": {"image_id": _IMAGE_ID}},
+    "HasEmbedding": {"operationId": "has_embedding", "parameters": {"image_id": _IMAGE_ID}},
+    "DeleteEmbedding": {"operationId": "delete_embedding", "parameters": {"image_id": _IMAGE_ID}},
+}
+
 
 @router.post(
     "/embed",
@@ -27,10 +40,12 @@ router = APIRouter(tags=["embeddings"], dependencies=[ApiKey])
         "fields come as `X-Image-Id`, `X-Image-Width`, `X-Image-Height`, `X-Model`, `X-Cached`."
     ),
     openapi_extra={"requestBody": IMAGE_REQUEST_BODY},
+    operation_id="embed",
     responses={
         200: {
             "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
             "description": "JSON by default; the .npy embedding with the Accept header.",
+            "links": EMBED_LINKS,
         },
         **error_responses(401, 413, 415, 422, 429, 503),
     },

@@ -20,6 +20,7 @@ ImageId = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="SHA-256 hex
 @router.head(
     "/{image_id}",
     status_code=204,
+    operation_id="has_embedding",
     summary="Is this image's embedding cached?",
     responses={
         204: {"description": "cached"},
@@ -36,6 +37,7 @@ async def has_embedding(image_id: ImageId, state: State) -> Response:
 @router.get(
     "/{image_id}",
     response_class=Response,
+    operation_id="get_embedding",
     responses={**NPY_RESPONSE, **error_responses(401, 404, 422)},
     summary="The cached embedding as .npy",
 )
@@ -55,6 +57,7 @@ async def get_embedding(image_id: ImageId, state: State) -> Response:
 @router.delete(
     "/{image_id}",
     status_code=204,
+    operation_id="delete_embedding",
     summary="Forget an image's embedding",
     responses=error_responses(401, 422),
 )

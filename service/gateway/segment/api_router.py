@@ -17,6 +17,7 @@ router = APIRouter(tags=["segmentation"], dependencies=[ApiKey])
     "/segment",
     response_model=SegmentResponse,
     response_model_exclude_none=True,
+    operation_id="segment",
     responses=error_responses(401, 404, 413, 422, 429, 503),
     summary="Masks for point and box prompts on one image",
     description=(
