@@ -10,6 +10,7 @@ number of images per annotator and a deadline.
     python bench/load.py --annotators 16 --images 4
     python bench/load.py --fault redis --fault-at 5 --fault-for 8    # kill Redis mid-run
     python bench/load.py --fault triton --fault-at 5 --fault-for 8   # stop Triton mid-run
+    python bench/load.py --replicas 2 --fault redis                  # two gateways share Redis
 
 With ``--fault`` the run uses a private redis-server (so it can be killed) and
 reports latency and failures before, during and after the fault.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import platform
@@ -59,6 +61,7 @@ async def main() -> None:
     parser.add_argument("--images", type=int, default=3, help="images per annotator")
     parser.add_argument("--deadline", type=float, default=600)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--replicas", type=int, default=1, help="gateway processes sharing Redis")
     parser.add_argument("--fault", choices=("redis", "triton"), default=None)
     parser.add_argument("--fault-at", type=float, default=5.0, help="seconds into the run")
     parser.add_argument("--fault-for", type=float, default=8.0, help="seconds of outage")
@@ -80,20 +83,29 @@ async def main() -> None:
             log_path=Path(workdir) / "triton.log",
         )
         triton.start()
-        gateway = GatewayProcess(
-            {
-                "ESAM_CHECKPOINT": args.checkpoint,
-                "ESAM_ENCODER": "triton",
-                "ESAM_TRITON_URL": triton.grpc_url,
-                "ESAM_CACHE": "redis",
-                "ESAM_REDIS_URL": args.redis_url,
-                "ESAM_REDIS_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:8]}",
-                "ESAM_ENCODE_TIMEOUT_S": "300",
-            }
-        )
-        gateway.start()
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        gateways = [
+            GatewayProcess(
+                {
+                    "ESAM_CHECKPOINT": args.checkpoint,
+                    "ESAM_ENCODER": "triton",
+                    "ESAM_TRITON_URL": triton.grpc_url,
+                    "ESAM_CACHE": "redis",
+                    "ESAM_REDIS_URL": args.redis_url,
+                    "ESAM_REDIS_KEY_PREFIX": prefix,  # one shared cache
+                    "ESAM_ENCODE_TIMEOUT_S": "300",
+                }
+            )
+            for _ in range(args.replicas)
+        ]
+        for gateway in gateways:
+            gateway.start()
         try:
-            async with httpx.AsyncClient(base_url=gateway.url, timeout=600) as client:
+            async with contextlib.AsyncExitStack() as stack:
+                clients = [
+                    await stack.enter_async_context(httpx.AsyncClient(base_url=g.url, timeout=600))
+                    for g in gateways
+                ]
                 text = triton.metrics_text()
                 exec_before = metric_sum(text, "nv_inference_exec_count", model=MODEL)
                 triton_count = metric_sum(text, "nv_inference_request_success", model=MODEL)
@@ -103,7 +115,7 @@ async def main() -> None:
                     deadline_s=args.deadline,
                     upload_retries=20 if args.fault else 0,  # clients honour Retry-After
                 )
-                load = asyncio.create_task(run_load(client, config))
+                load = asyncio.create_task(run_load(clients, config))
                 if args.fault:
                     await asyncio.sleep(args.fault_at)
                     target = private_redis if args.fault == "redis" else triton
@@ -114,14 +126,15 @@ async def main() -> None:
                     await asyncio.to_thread(target.start)
                     outage = (outage_start, asyncio.get_running_loop().time())
                 result = await load
-                gateway_metrics = (await client.get("/metrics")).text
+                gateway_metrics = "\n".join([(await c.get("/metrics")).text for c in clients])
             text = triton.metrics_text()
             if args.fault == "triton":  # a restarted Triton counts from zero
                 exec_before = triton_count = 0.0
             executions = metric_sum(text, "nv_inference_exec_count", model=MODEL) - exec_before
             requests = metric_sum(text, "nv_inference_request_success", model=MODEL) - triton_count
         finally:
-            gateway.stop()
+            for gateway in gateways:
+                gateway.stop()
             triton.stop()
             if private_redis is not None:
                 private_redis.stop()
@@ -136,7 +149,7 @@ async def main() -> None:
     segment_hits = sum(1 for s in result.samples if s.route == "/segment" and s.status == 200)
     l1 = lookups[("l1", "hit")] / max(1.0, sum(v for (t, _), v in lookups.items() if t == "l1"))
     print(
-        f"# load: {platform.machine()}, {os.cpu_count()} cores; gateway (1 process) + local Triton (CPU) "
+        f"# load: {platform.machine()}, {os.cpu_count()} cores; {args.replicas} gateway process(es) + local Triton (CPU) "
         f"+ Redis; {args.annotators} annotators x {args.images} images, 3-8 prompts per image, "
         f"30% revisits; wall {result.wall_s:.1f} s"
     )

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import itertools
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,10 +110,13 @@ def random_prompt(rng: random.Random, width: int, height: int) -> dict[str, Any]
 
 
 async def run_load(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | Sequence[httpx.AsyncClient],
     config: LoadConfig,
     on_sample: Callable[[Sample], None] | None = None,
 ) -> LoadResult:
+    """Run the annotators; with several clients (replicas), requests go round-robin."""
+    clients = [client] if isinstance(client, httpx.AsyncClient) else list(client)
+    turn = itertools.count()
     result = LoadResult()
     start = time.perf_counter()
     deadline = start + config.deadline_s
@@ -122,7 +126,8 @@ async def run_load(
         t0 = time.perf_counter()
         response: httpx.Response | None
         try:
-            response = await client.post(
+            target = clients[next(turn) % len(clients)]
+            response = await target.post(
                 route, headers={**headers, **kwargs.pop("headers", {})}, **kwargs
             )
             status = response.status_code
