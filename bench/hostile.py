@@ -10,6 +10,7 @@ that nothing was cached (``HEAD /embeddings/<id>``).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -91,7 +92,7 @@ def main() -> None:
     exif_junk = b"Exif\x00\x00" + np.random.default_rng(0).bytes(65_000)
     nan_body = json.dumps(
         {
-            "image": __import__("base64").b64encode(fresh).decode(),
+            "image": base64.b64encode(fresh).decode(),
             "prompts": [point(float("nan"), 1)],
         }
     ).encode()
@@ -162,7 +163,7 @@ def main() -> None:
             "/segment",
             {
                 "json": {
-                    "image": __import__("base64").b64encode(fresh).decode(),
+                    "image": base64.b64encode(fresh).decode(),
                     "prompts": [point(1e300, 1)],
                 }
             },

@@ -33,6 +33,7 @@ import numpy as np
 
 from service.devtools.gateway_process import GatewayProcess
 from service.devtools.loadgen import LoadConfig, run_load
+from service.devtools.prometheus import sample_sum
 from service.devtools.redis_server import RedisServer, free_port
 from service.devtools.triton import LocalTriton
 from service.devtools.triton_config import MODEL
@@ -40,16 +41,6 @@ from service.devtools.triton_config import MODEL
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))
 CHECKPOINT = FIXTURE / "efficientsam-ti-seed0" / "efficient_sam_vitt_random_seed0.pt"
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def main() -> None:
@@ -107,8 +98,8 @@ async def main() -> None:
                     for g in gateways
                 ]
                 text = triton.metrics_text()
-                exec_before = metric_sum(text, "nv_inference_exec_count", model=MODEL)
-                triton_count = metric_sum(text, "nv_inference_request_success", model=MODEL)
+                exec_before = sample_sum(text, "nv_inference_exec_count", model=MODEL)
+                triton_count = sample_sum(text, "nv_inference_request_success", model=MODEL)
                 config = LoadConfig(
                     annotators=args.annotators,
                     images_per_annotator=args.images,
@@ -130,8 +121,8 @@ async def main() -> None:
             text = triton.metrics_text()
             if args.fault == "triton":  # a restarted Triton counts from zero
                 exec_before = triton_count = 0.0
-            executions = metric_sum(text, "nv_inference_exec_count", model=MODEL) - exec_before
-            requests = metric_sum(text, "nv_inference_request_success", model=MODEL) - triton_count
+            executions = sample_sum(text, "nv_inference_exec_count", model=MODEL) - exec_before
+            requests = sample_sum(text, "nv_inference_request_success", model=MODEL) - triton_count
         finally:
             for gateway in gateways:
                 gateway.stop()
@@ -140,7 +131,7 @@ async def main() -> None:
                 private_redis.stop()
 
     lookups = {
-        (tier, outcome): metric_sum(
+        (tier, outcome): sample_sum(
             gateway_metrics, "esam_cache_lookups_total", tier=tier, outcome=outcome
         )
         for tier in ("l1", "redis")
@@ -174,7 +165,7 @@ async def main() -> None:
     print(
         f"encoder: {requests:.0f} Triton requests in {executions:.0f} executions "
         f"({requests / max(executions, 1):.2f} images per batch); "
-        f"gateway encoded {metric_sum(gateway_metrics, 'esam_encoder_images_total'):.0f} images"
+        f"gateway encoded {sample_sum(gateway_metrics, 'esam_encoder_images_total'):.0f} images"
     )
     print(
         f"re-uploads after 404: {sum(1 for s in result.samples if s.code == 'embedding_not_found')}"

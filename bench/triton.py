@@ -17,7 +17,6 @@ import asyncio
 import io
 import os
 import platform
-import re
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -37,11 +36,6 @@ from service.devtools.triton_config import MODEL
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))
 CHECKPOINT = FIXTURE / "efficientsam-ti-seed0" / "efficient_sam_vitt_random_seed0.pt"
-
-
-def counter(server: LocalTriton, metric: str) -> float:
-    pattern = re.compile(rf'^{metric}{{[^}}]*model="{MODEL}"[^}}]*}} ([0-9.e+]+)$', re.M)
-    return sum(float(v) for v in pattern.findall(server.metrics_text()))
 
 
 async def drive(
@@ -96,7 +90,7 @@ async def bench_direct(
         await call(0)
         for c in levels:
             n = max(requests, c)
-            before = counter(server, "nv_inference_exec_count")
+            before = server.counter("nv_inference_exec_count")
             wall, lat = await drive(call, n, c)
             rows.append(
                 row(
@@ -105,7 +99,7 @@ async def bench_direct(
                     n,
                     wall,
                     lat,
-                    counter(server, "nv_inference_exec_count") - before,
+                    server.counter("nv_inference_exec_count") - before,
                 )
             )
     return rows
@@ -138,7 +132,7 @@ async def bench_gateway(
                     )
                     r.raise_for_status()
 
-                before = counter(server, "nv_inference_exec_count")
+                before = server.counter("nv_inference_exec_count")
                 wall, lat = await drive(call, n, c)
                 rows.append(
                     row(
@@ -147,7 +141,7 @@ async def bench_gateway(
                         n,
                         wall,
                         lat,
-                        counter(server, "nv_inference_exec_count") - before,
+                        server.counter("nv_inference_exec_count") - before,
                     )
                 )
     finally:
@@ -172,11 +166,11 @@ async def bench_protocols(server: LocalTriton, repeats: int) -> list[str]:
                     tensor.set_data_from_numpy(pixels, binary_data=True)
                 else:
                     tensor.set_data_from_numpy(pixels)
-                before = counter(server, "nv_inference_request_duration_us")
+                before = server.counter("nv_inference_request_duration_us")
                 start = time.perf_counter()
                 await client.infer(MODEL, [tensor])
                 total = time.perf_counter() - start
-                server_s = (counter(server, "nv_inference_request_duration_us") - before) / 1e6
+                server_s = (server.counter("nv_inference_request_duration_us") - before) / 1e6
                 overheads.append(total - server_s)
         finally:
             await client.close()

@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 import httpx
 
+from service.devtools.prometheus import sample_sum
 from service.devtools.triton_config import DTYPES, MODEL, SOURCE_REPOSITORY, cpu_config
 
 REPO = SOURCE_REPOSITORY.parent
@@ -221,6 +222,10 @@ class LocalTriton:
 
     def metrics_text(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+    def counter(self, metric: str, model: str = MODEL) -> float:
+        """One of Triton's per-model counters (``nv_inference_exec_count``, ...)."""
+        return sample_sum(self.metrics_text(), metric, model=model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import re
 import time
 from pathlib import Path
 
@@ -25,11 +24,6 @@ from tests.triton.fixtures import start_triton
 
 #: Bound for a reduced-precision wire (FP16 measures ≥ 0.9995, UINT8 ≥ 0.996 on the fixture).
 REDUCED_WIRE_MIN_IOU = 0.995
-
-
-def triton_counter(server: LocalTriton, metric: str, model: str = MODEL) -> float:
-    pattern = re.compile(rf'^{metric}{{[^}}]*model="{model}"[^}}]*}} ([0-9.e+]+)$', re.M)
-    return sum(float(v) for v in pattern.findall(server.metrics_text()))
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -108,8 +102,8 @@ async def test_reduced_precision_wire_keeps_the_masks(
 async def test_dynamic_batching_merges_concurrent_embeds(
     gateway_factory: GatewayFactory, triton: LocalTriton
 ) -> None:
-    executions = triton_counter(triton, "nv_inference_exec_count")
-    successes = triton_counter(triton, "nv_inference_request_success")
+    executions = triton.counter("nv_inference_exec_count")
+    successes = triton.counter("nv_inference_request_success")
     async with gateway_factory(encoder="triton", triton_url=triton.grpc_url) as gw:
         images = [png_bytes(96, 64, seed=100 + i) for i in range(8)]
         responses = await asyncio.gather(
@@ -120,8 +114,8 @@ async def test_dynamic_batching_merges_concurrent_embeds(
         )
         assert [r.status_code for r in responses] == [200] * 8
         assert gw.encodes == 8
-    new_requests = triton_counter(triton, "nv_inference_request_success") - successes
-    new_executions = triton_counter(triton, "nv_inference_exec_count") - executions
+    new_requests = triton.counter("nv_inference_request_success") - successes
+    new_executions = triton.counter("nv_inference_exec_count") - executions
     assert new_requests == 8
     assert new_executions < new_requests, (new_executions, new_requests)
 
@@ -137,7 +131,7 @@ async def test_an_error_in_one_request_spares_its_batch(triton: LocalTriton) -> 
     good = np.random.default_rng(0).random((1, 3, 1024, 1024), dtype=np.float32)
     bad = good.copy()
     bad[0, 0, 0, 0] = np.nan
-    executions = triton_counter(triton, "nv_inference_exec_count")
+    executions = triton.counter("nv_inference_exec_count")
     async with grpcclient.InferenceServerClient(triton.grpc_url.removeprefix("grpc://")) as client:
         busy = asyncio.create_task(infer(client, good))  # occupies the model instance
         await asyncio.sleep(0.3)
@@ -151,7 +145,7 @@ async def test_an_error_in_one_request_spares_its_batch(triton: LocalTriton) -> 
     assert isinstance(spared, np.ndarray)
     np.testing.assert_allclose(spared, first, atol=1e-5)
     # the bad and the good request were merged into one execution
-    assert triton_counter(triton, "nv_inference_exec_count") - executions == 2
+    assert triton.counter("nv_inference_exec_count") - executions == 2
 
 
 async def test_triton_down_gives_fast_503_then_recovers(
