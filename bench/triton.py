@@ -113,7 +113,7 @@ async def bench_gateway(
             "ESAM_CHECKPOINT": checkpoint,
             "ESAM_ENCODER": "triton",
             "ESAM_TRITON_URL": server.grpc_url,
-            "ESAM_ENCODER_QUEUE_SIZE": "1024",
+            "ESAM_MAX_PENDING_ENCODES": "1024",
             "ESAM_ENCODE_TIMEOUT_S": "600",
         }
     )

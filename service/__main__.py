@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from pydantic import ValidationError
 
 from service.errors import CheckpointError
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def logging_config(level: str) -> dict[str, Any]:
@@ -40,7 +44,10 @@ def describe(error: ValidationError) -> str:
     """One line naming each bad setting by its environment variable."""
     parts = []
     for item in error.errors():
-        name = "ESAM_" + "_".join(str(p) for p in item["loc"]).upper() if item["loc"] else "ESAM_*"
+        if not item["loc"]:  # a check across settings: its message names them
+            parts.append(item["msg"].removeprefix("Value error, "))
+            continue
+        name = "ESAM_" + "_".join(str(p) for p in item["loc"]).upper()
         parts.append(f"{name}: {item['msg']} (got {item.get('input')!r})")
     return "invalid settings: " + "; ".join(parts)
 
@@ -52,24 +59,42 @@ def main() -> int:
         print(describe(exc), file=sys.stderr)
         return 2
 
+    from service.core.allocator import return_large_buffers_to_os
     from service.core.loading import resolve_checkpoint
     from service.gateway import build_app
 
+    return_large_buffers_to_os()  # decoded images leave no heap behind
     try:
         checkpoint = resolve_checkpoint(settings)
     except CheckpointError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     settings = settings.model_copy(update={"checkpoint": checkpoint})
-    uvicorn.run(
-        build_app(settings),
+    app = build_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_config=logging_config(settings.log_level),
         timeout_graceful_shutdown=30,
         proxy_headers=True,
     )
+    DrainingServer(config, app).run()
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, ``/readyz`` answers 503 while in-flight requests finish."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        serving = getattr(self._app.state, "serving", None)
+        if serving is not None:
+            serving.draining = True
+        super().handle_exit(sig, frame)
 
 
 if __name__ == "__main__":

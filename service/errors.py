@@ -66,6 +66,16 @@ class EncoderUnavailableError(EsamError):
         self.retry_after_s = retry_after_s
 
 
+class CacheUnavailableError(EsamError):
+    """The shared cache could not confirm an operation that must reach every replica."""
+
+    code = "cache_unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 # --- start-up / tooling errors (never reach a client) -----------------------------
 class CheckpointError(EsamError):
     code = "invalid_checkpoint"

@@ -6,6 +6,9 @@ names the setting (``python -m service`` prints it on one line).
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -40,7 +43,19 @@ class Settings(BaseSettings):
     encoder_device: str = "cpu"
     encoder_precision: Precision = "fp32"
     encoder_max_batch: int = Field(default=8, ge=1, le=256)
-    encoder_queue_size: int = Field(default=64, ge=1, le=100_000)
+    max_pending_encodes: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="Encodes waiting or running in this process (after single flight); "
+        "beyond it a new image gets 429 at once, before it is decoded.",
+    )
+    max_concurrent_image_decodes: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="Full-resolution image decodes at once (each holds its decoded image).",
+    )
     encode_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     decoder_device: str = "cpu"
     max_concurrent_decodes: int = Field(default=2, ge=1, le=256)
@@ -53,8 +68,20 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field(default="esam", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     redis_timeout_s: float = Field(default=0.5, gt=0, le=30)
     redis_retry_s: float = Field(default=2.0, ge=0, le=300)
-    lock_ttl_s: float = Field(default=30.0, gt=0, le=3600)
-    lock_wait_s: float = Field(default=30.0, ge=0, le=3600)
+    lock_ttl_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=3600,
+        description="TTL of the cross-replica encode lock; renewed every third of it while "
+        "the encode runs, so it only bounds how long a crashed replica's lock lingers.",
+    )
+    lock_wait_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=7200,
+        description="How long a replica waits for another's encode; default: the encode "
+        "deadline plus the lock TTL.",
+    )
     embedding_dtype: Literal["float16", "float32"] = "float16"
     cache_ttl_s: int = Field(default=24 * 3600, ge=1, le=30 * 24 * 3600)
     memory_cache_mb: int = Field(default=256, ge=0, le=1 << 20)
@@ -104,6 +131,52 @@ class Settings(BaseSettings):
             raise ValueError("cors_origins: '*' together with api_keys would expose keyed routes")
         return self
 
+    @model_validator(mode="after")
+    def _no_unknown_variables(self) -> Settings:
+        unknown = unknown_variables(os.environ)
+        if unknown:
+            raise ValueError("; ".join(unknown))
+        return self
+
     @property
     def random_weights(self) -> bool:
         return self.checkpoint == "random"
+
+    @property
+    def lock_wait(self) -> float:
+        """Seconds to wait for another replica's encode (it may take the whole deadline)."""
+        if self.lock_wait_s is not None:
+            return self.lock_wait_s
+        return self.encode_timeout_s + self.lock_ttl_s
+
+
+#: ``ESAM_*`` variables that are not settings of the gateway.
+NOT_SETTINGS = frozenset(
+    {
+        "ESAM_FIXTURES_DIR",  # the tests' and benchmarks' conformance fixture
+        "ESAM_WEIGHTS_DIR",  # where the weights downloader keeps checkpoints
+    }
+)
+#: Settings that were renamed or folded into another: the error says where they went.
+RENAMED = {"ESAM_ENCODER_QUEUE_SIZE": "ESAM_MAX_PENDING_ENCODES"}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One message per ``ESAM_*`` variable that no setting reads, with the closest name."""
+    known = {f"ESAM_{name.upper()}" for name in Settings.model_fields}
+    messages = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith("ESAM_") or name in known or name in NOT_SETTINGS:
+            continue
+        if name in RENAMED:
+            messages.append(f"{variable} is no longer a setting: use {RENAMED[name]}")
+            continue
+        candidates = {k.removeprefix("ESAM_"): k for k in [*known, *RENAMED]}
+        close = difflib.get_close_matches(name.removeprefix("ESAM_"), candidates, n=1, cutoff=0.6)
+        hint = ""
+        if close:
+            suggestion = candidates[close[0]]
+            hint = f"; did you mean {RENAMED.get(suggestion, suggestion)}?"
+        messages.append(f"unknown setting {variable}{hint}")
+    return messages

@@ -49,6 +49,38 @@ def test_bad_setting_stops_start_up_with_one_line(env: dict[str, str], named: st
     assert named in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("variable", "suggested"),
+    [
+        ("ESAM_MAX_PENDING_ENCODE", "ESAM_MAX_PENDING_ENCODES"),
+        ("ESAM_REDIS_TIMEOUT", "ESAM_REDIS_TIMEOUT_S"),
+        ("ESAM_ENCODER_QUEUE_SIZE", "ESAM_MAX_PENDING_ENCODES"),  # folded into it
+    ],
+)
+def test_unknown_variable_stops_start_up_naming_the_closest(variable: str, suggested: str) -> None:
+    result = run_service({variable: "3"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert suggested in lines[0]
+
+
+def test_variables_that_are_not_settings_are_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESAM_FIXTURES_DIR", "/somewhere")
+    monkeypatch.setenv("ESAM_WEIGHTS_DIR", "/elsewhere")
+    Settings()
+    monkeypatch.setenv("ESAM_NO_SUCH_THING", "1")
+    with pytest.raises(ValidationError, match="ESAM_NO_SUCH_THING"):
+        Settings()
+
+
+def test_the_lock_wait_covers_a_whole_encode() -> None:
+    settings = Settings(encode_timeout_s=40, lock_ttl_s=5)
+    assert settings.lock_wait == 45  # a peer's encode may take the whole deadline
+    assert Settings(lock_wait_s=3).lock_wait == 3
+
+
 def test_unsafe_combinations_are_refused() -> None:
     with pytest.raises(ValidationError, match="cors_origins"):
         Settings(cors_origins=["*"], api_keys=["x" * 20])

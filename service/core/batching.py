@@ -1,8 +1,9 @@
 """Micro-batching queue: concurrent requests share one model call.
 
 The worker takes the first queued item, adds whatever else is already waiting
-(up to ``max_batch``) and runs the batch. A full queue refuses new work with
-:class:`OverloadedError` instead of letting latency grow without bound.
+(up to ``max_batch``) and runs the batch. The queue has no bound of its own:
+``core.admission`` bounds the encodes pending in the process before an image is
+even decoded, whatever the encoder.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
-
-from service.errors import OverloadedError
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -24,11 +23,10 @@ class Batcher(Generic[In, Out]):
         run_batch: Callable[[list[In]], Awaitable[list[Out]]],
         *,
         max_batch: int,
-        queue_size: int,
     ) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -49,10 +47,7 @@ class Batcher(Generic[In, Out]):
     async def submit(self, item: In) -> Out:
         self.start()
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait((item, future))
-        except asyncio.QueueFull:
-            raise OverloadedError("the encoder queue is full; retry shortly") from None
+        self._queue.put_nowait((item, future))
         return await future
 
     async def _work(self) -> None:

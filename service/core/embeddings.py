@@ -1,7 +1,10 @@
 """Image → embedding, at most once: cache tiers, in-process and cross-replica single flight.
 
-Nothing is cached unless the whole encode succeeded, and nothing is encoded
-for a request whose image or prompts are invalid (``check`` runs first).
+The order of work for a new image bounds what a request can cost: hash, cache
+lookup, join an encode already running for it, read the header (format, size,
+pixel limit, the caller's prompt checks), take a pending-encode slot (429 when
+none is left), and only then decode (a bounded number at once) and encode.
+Nothing is cached unless the whole encode succeeded.
 """
 
 from __future__ import annotations
@@ -10,18 +13,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
+from service.core.admission import Admission, Slot
 from service.core.cache import EmbeddingCache
 from service.core.cache.redis_tier import RedisUnavailableError
 from service.core.embedding import Embedding, EmbeddingDtype, image_id_of
 from service.core.encoders import Encoder
 from service.core.metrics import Metrics
-from service.errors import EncoderUnavailableError, EsamError, ImageTooLargeError
-from service.model.preprocess import decode_image, resize_to_model
+from service.errors import ImageTooLargeError
+from service.model.preprocess import ImageHeader, load_for_model, read_header
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +43,6 @@ class EmbedResult:
     cached: bool
 
 
-@dataclass(frozen=True)
-class _Decoded:
-    rgb: NDArray[np.uint8]
-
-    @property
-    def width(self) -> int:
-        return int(self.rgb.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.rgb.shape[0])
-
-
 class EmbeddingService:
     def __init__(
         self,
@@ -59,9 +52,10 @@ class EmbeddingService:
         metrics: Metrics,
         model_id: str,
         dtype: EmbeddingDtype,
+        admission: Admission,
         max_image_bytes: int,
         max_image_pixels: int,
-        encode_timeout_s: float,
+        max_concurrent_decodes: int,
         lock_wait_s: float,
         img_size: int = 1024,
     ) -> None:
@@ -72,7 +66,11 @@ class EmbeddingService:
         self._dtype: EmbeddingDtype = dtype
         self._max_image_bytes = max_image_bytes
         self._max_image_pixels = max_image_pixels
-        self._encode_timeout_s = encode_timeout_s
+        self.admission = admission
+        # its own threads: at most this many decodes at once, each holding its image
+        self._decode_pool = ThreadPoolExecutor(
+            max_concurrent_decodes, thread_name_prefix="esam-image-decode"
+        )
         self._lock_wait_s = lock_wait_s
         self._img_size = img_size
         self._inflight: dict[str, asyncio.Task[Embedding]] = {}
@@ -109,15 +107,16 @@ class EmbeddingService:
 
         task = self._inflight.get(key)
         if task is None:
-            decoded = await asyncio.to_thread(self._decode, data)
+            header = read_header(data, self._max_image_pixels)  # no pixel decoded
             if check:
-                check(decoded.width, decoded.height)
-            task = self._inflight.get(key)  # another request may have started meanwhile
-            if task is None:
-                task = asyncio.create_task(self._encode(key, decoded), name=f"encode {image_id}")
-                self._inflight[key] = task
-                task.add_done_callback(lambda _: self._inflight.pop(key, None))
-                return EmbedResult(image_id, await asyncio.shield(task), cached=False)
+                check(header.width, header.height)
+            slot = self.admission.enter()  # 429 here, before any decoding
+            task = asyncio.create_task(
+                self._encode(key, data, header, slot), name=f"encode {image_id}"
+            )
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+            return EmbedResult(image_id, await asyncio.shield(task), cached=False)
 
         self._metrics.singleflight_waits.labels("process").inc()
         embedding = await asyncio.shield(task)
@@ -125,13 +124,16 @@ class EmbeddingService:
             check(embedding.width, embedding.height)
         return EmbedResult(image_id, embedding, cached=True)
 
-    def _decode(self, data: bytes) -> _Decoded:
-        return _Decoded(decode_image(data, max_pixels=self._max_image_pixels))
+    async def _encode(self, key: str, data: bytes, header: ImageHeader, slot: Slot) -> Embedding:
+        try:
+            return await self._encode_once(key, data, header)
+        finally:
+            slot.release()
 
-    async def _encode(self, key: str, image: _Decoded) -> Embedding:
+    async def _encode_once(self, key: str, data: bytes, header: ImageHeader) -> Embedding:
         redis = self.cache.redis
         if redis is None:
-            return await self._encode_and_store(key, image)
+            return await self._encode_and_store(key, data, header)
         async with redis.lock(key) as owned:
             if not owned:
                 self._metrics.singleflight_waits.labels("redis_lock").inc()
@@ -142,7 +144,7 @@ class EmbeddingService:
                 done = await self.cache.get(key)  # a peer may have finished just before
                 if done is not None:
                     return done
-            return await self._encode_and_store(key, image)
+            return await self._encode_and_store(key, data, header)
 
     async def _wait_for_peer(self, key: str) -> Embedding | None:
         """Another replica is encoding: poll the cache until it lands or the lock goes."""
@@ -162,25 +164,29 @@ class EmbeddingService:
         log.warning("waited %.1fs for another replica to encode %s", self._lock_wait_s, key)
         return None
 
-    async def _encode_and_store(self, key: str, image: _Decoded) -> Embedding:
-        pixels = await asyncio.to_thread(self._pixels, image)
+    async def _encode_and_store(self, key: str, data: bytes, header: ImageHeader) -> Embedding:
+        pixels = await self._pixels(data)
         start = time.perf_counter()
-        try:
-            out = await asyncio.wait_for(self.encoder.encode(pixels), self._encode_timeout_s)
-        except TimeoutError as exc:
-            self._metrics.encoder_errors.labels("timeout").inc()
-            raise EncoderUnavailableError(
-                f"the encoder did not answer within {self._encode_timeout_s:g}s"
-            ) from exc
-        except EsamError as exc:
-            self._metrics.encoder_errors.labels(exc.code).inc()
-            raise
+        out = await self.encoder.encode(pixels)  # the encoder owns the deadline
         self._metrics.encoder_images.inc()
         log.debug("encoded %s in %.3fs", key, time.perf_counter() - start)
-        embedding = Embedding.from_float32(out, image.width, image.height, self._dtype)
+        embedding = Embedding.from_float32(out, header.width, header.height, self._dtype)
         await self.cache.put(key, embedding)
         return embedding
 
-    def _pixels(self, image: _Decoded) -> NDArray[np.float32]:
-        pixels: NDArray[np.float32] = resize_to_model(image.rgb, self._img_size).numpy()
+    async def _pixels(self, data: bytes) -> NDArray[np.float32]:
+        """Decode and resize on the decode pool (``max_concurrent_decodes`` threads)."""
+        loop = asyncio.get_running_loop()
+        tensor = await loop.run_in_executor(self._decode_pool, self._decode, data)
+        pixels: NDArray[np.float32] = tensor.numpy()
         return pixels
+
+    def _decode(self, data: bytes) -> torch.Tensor:
+        self._metrics.image_decodes.inc()
+        try:
+            return load_for_model(data, self._max_image_pixels, self._img_size)
+        finally:
+            self._metrics.image_decodes.dec()
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=True, cancel_futures=True)

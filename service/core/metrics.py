@@ -43,6 +43,26 @@ class Metrics:
         self.encoder_errors = Counter(
             "esam_encoder_errors_total", "Failed encoder calls by reason.", ["reason"], registry=r
         )
+        self.encoder_circuit_state = Gauge(
+            "esam_encoder_circuit_state",
+            "Circuit breaker in front of the encoder: 0 closed, 1 half-open, 2 open.",
+            registry=r,
+        )
+        self.pending_encodes = Gauge(
+            "esam_pending_encodes",
+            "Encodes waiting or running in this process (ESAM_MAX_PENDING_ENCODES bounds it).",
+            registry=r,
+        )
+        self.encodes_refused = Counter(
+            "esam_encodes_refused_total",
+            "New images refused with 429 because ESAM_MAX_PENDING_ENCODES encodes were pending.",
+            registry=r,
+        )
+        self.image_decodes = Gauge(
+            "esam_image_decodes_in_progress",
+            "Full-resolution image decodes running (ESAM_MAX_CONCURRENT_IMAGE_DECODES bounds it).",
+            registry=r,
+        )
         self.decoder_duration = Histogram(
             "esam_decoder_duration_seconds",
             "Mask decoder latency per request (all prompts, masks encoded).",
@@ -60,6 +80,13 @@ class Metrics:
             "esam_redis_errors_total",
             "Redis operations that failed, by operation.",
             ["op"],
+            registry=r,
+        )
+        self.cache_invalidations = Counter(
+            "esam_cache_invalidations_total",
+            "In-process entries dropped because a replica deleted them (source: message, "
+            "resync = the invalidation channel reconnected and the tier was cleared).",
+            ["source"],
             registry=r,
         )
         self.redis_up = Gauge(

@@ -13,12 +13,13 @@ from fastapi.middleware.gzip import GZipMiddleware
 from service import __version__
 from service.core.loading import resolve_checkpoint
 from service.core.metrics import Metrics
+from service.gateway.auth import ApiKeyMiddleware
 from service.gateway.docs.api_router import router as docs_router
 from service.gateway.embed.api_router import router as embed_router
 from service.gateway.embeddings.api_router import router as embeddings_router
 from service.gateway.errors import register_error_handlers
 from service.gateway.health.api_router import router as health_router
-from service.gateway.middleware import RequestContextMiddleware
+from service.gateway.middleware import RequestContextMiddleware, UnhandledErrorMiddleware
 from service.gateway.segment.api_router import router as segment_router
 from service.gateway.state import init_state
 from service.settings import Settings
@@ -61,9 +62,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     for router in (embed_router, segment_router, embeddings_router, health_router, docs_router):
         app.include_router(router)
 
-    # Outermost last: request id + metrics + body limit wrap everything.
+    # Added innermost first. From the outside in: request id + metrics + body limit;
+    # CORS (its headers reach every answer, 401 and 500 included); the API key, checked
+    # from the headers before any body is read; gzip; unexpected errors → 500.
+    app.add_middleware(UnhandledErrorMiddleware)
     # level 1: a 400 KB mask response compresses 3x in 4 ms; level 9 (the default) takes 200 ms
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=1)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

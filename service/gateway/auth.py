@@ -1,22 +1,29 @@
-"""Bearer API keys (``ESAM_API_KEYS``), compared in constant time."""
+"""Bearer API keys (``ESAM_API_KEYS``), checked in pure ASGI before the body is read.
+
+A request without a valid key gets its 401 as soon as its headers have arrived:
+no byte of its body is received or parsed. ``/healthz``, ``/readyz`` and
+``/metrics`` stay open (probes and scrapers); every other path, ``/docs`` and
+``/openapi.json`` included, needs the key. Keys are compared in constant time.
+"""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 
-from fastapi import Depends, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import UnauthorizedError
-from service.gateway.state import State
+from service.gateway.errors import render
+
+#: Paths served without a key: liveness, readiness and metrics.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def require_api_key(request: Request, state: State) -> None:
-    keys = state.settings.api_keys
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+def check_bearer(authorization: str, keys: Sequence[str]) -> None:
+    """Raise :class:`UnauthorizedError` unless ``authorization`` is ``Bearer <a key>``."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
         raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'")
     supplied = token.strip().encode()
     matched = False
@@ -26,4 +33,25 @@ def require_api_key(request: Request, state: State) -> None:
         raise UnauthorizedError("invalid API key")
 
 
-ApiKey = Depends(require_api_key)
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, *, keys: Sequence[str]) -> None:
+        self.app = app
+        self.keys = list(keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        authorization = ""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        try:
+            check_bearer(authorization, self.keys)
+        except UnauthorizedError as exc:
+            response = render(exc)
+            response.headers["Connection"] = "close"  # the unread body is not waited for
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import (
+    CacheUnavailableError,
     EmbeddingNotFoundError,
     EncoderUnavailableError,
     EsamError,
@@ -24,7 +25,6 @@ from service.errors import (
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
-from service.gateway.request_context import current_request_id
 
 log = logging.getLogger("service.gateway")
 
@@ -38,6 +38,7 @@ STATUS: dict[str, int] = {
     UnauthorizedError.code: 401,
     OverloadedError.code: 429,
     EncoderUnavailableError.code: 503,
+    CacheUnavailableError.code: 503,
 }
 
 #: Statuses Starlette/FastAPI raise themselves → our codes. A body that cannot be
@@ -61,7 +62,7 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-_DESCRIPTIONS = {
+_DESCRIPTIONS: dict[int | str, str] = {
     401: "missing or invalid API key (`unauthorized`)",
     404: "no cached embedding for this image (`embedding_not_found`): send the image again",
     413: "body or image too large (`image_too_large`)",
@@ -69,12 +70,22 @@ _DESCRIPTIONS = {
     422: "invalid image, prompt or request (`invalid_image`, `invalid_prompt`, `invalid_request`)",
     429: "the encoder queue is full (`overloaded`); retry after `Retry-After` seconds",
     503: "the encoder is unavailable (`encoder_unavailable`); retry after `Retry-After` seconds",
+    "503-delete": "the shared cache could not confirm the delete on every replica "
+    "(`cache_unavailable`); retry after `Retry-After` seconds",
 }
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the errors a route can answer."""
     return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+def delete_error_responses() -> dict[int | str, dict[str, Any]]:
+    """What ``DELETE /embeddings/{id}`` can answer besides 204."""
+    return {
+        **error_responses(401, 422),
+        503: {"model": ErrorResponse, "description": _DESCRIPTIONS["503-delete"]},
+    }
 
 
 def error_response(
@@ -87,7 +98,7 @@ def error_response(
 def render(exc: EsamError) -> JSONResponse:
     status = STATUS.get(exc.code, 500)
     headers: dict[str, str] = {}
-    if isinstance(exc, EncoderUnavailableError | OverloadedError):
+    if isinstance(exc, EncoderUnavailableError | OverloadedError | CacheUnavailableError):
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"
@@ -130,16 +141,6 @@ def register_error_handlers(app: FastAPI) -> None:
         status = STATUS.get(code, exc.status_code)
         return error_response(code, str(exc.detail), status, exc.headers)
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception(
-            "unhandled error on %s %s (request %s)",
-            request.method,
-            request.url.path,
-            current_request_id(),
-        )
-        return error_response("internal_error", "internal error; see the server log", 500)
-
     app.add_exception_handler(EsamError, on_esam_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)

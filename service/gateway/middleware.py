@@ -1,7 +1,8 @@
-"""Pure ASGI middleware: request id, latency metrics and the request body limit."""
+"""Pure ASGI middleware: request id, latency metrics, the request body limit, and the 500 path."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from starlette.exceptions import HTTPException
@@ -11,6 +12,15 @@ from service.core.metrics import Metrics
 from service.errors import ImageTooLargeError
 from service.gateway.errors import error_response
 from service.gateway.request_context import new_request_id, reset_request_id, set_request_id
+
+log = logging.getLogger("service.gateway")
+
+#: Methods that become their own metric label; any other token a client sends is "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
 
 
 class RequestContextMiddleware:
@@ -77,9 +87,41 @@ class RequestContextMiddleware:
             await self.app(scope, limited_receive, send_with_id)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.metrics.request_duration.labels(scope["method"], path, str(status)).observe(
-                time.perf_counter() - start
-            )
+            path = getattr(route, "path", "unmatched")  # the route's template, never the URL
+            self.metrics.request_duration.labels(
+                method_label(scope["method"]), path, str(status)
+            ).observe(time.perf_counter() - start)
             self.metrics.in_flight.dec()
             reset_request_id(token)
+
+
+class UnhandledErrorMiddleware:
+    """The innermost middleware: an unexpected exception becomes the one error shape (500).
+
+    Because it answers *inside* the other middleware, the 500 carries ``X-Request-Id`` and
+    the CORS headers like any other response, and its log line has the request id.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise  # too late for an error response: the server closes the connection
+            response = error_response("internal_error", "internal error; see the server log", 500)
+            await response(scope, receive, send)

@@ -8,6 +8,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
+from service.core.admission import Admission
 from service.core.cache import EmbeddingCache, MemoryCache, RedisTier
 from service.core.decoding import Decoder
 from service.core.embeddings import EmbeddingService
@@ -27,6 +28,7 @@ class ServingState:
     encoder: Encoder
     embeddings: EmbeddingService
     decoder: Decoder
+    draining: bool = False  # set when the server starts shutting down: /readyz turns 503
 
     @property
     def model_id(self) -> str:
@@ -35,6 +37,7 @@ class ServingState:
     async def close(self) -> None:
         await self.decoder.close()
         await self.encoder.close()
+        self.embeddings.close()
         await self.embeddings.cache.close()
 
 
@@ -58,7 +61,7 @@ def _build_encoder(settings: Settings, loaded: LoadedModel, metrics: Metrics) ->
         model,
         precision=settings.encoder_precision,
         max_batch=settings.encoder_max_batch,
-        queue_size=settings.encoder_queue_size,
+        timeout_s=settings.encode_timeout_s,
         metrics=metrics,
     )
 
@@ -78,6 +81,7 @@ async def init_state(settings: Settings, checkpoint: str, metrics: Metrics) -> S
     cache = EmbeddingCache(
         MemoryCache(settings.memory_cache_mb << 20, settings.cache_ttl_s), redis, metrics
     )
+    cache.start()
     encoder = _build_encoder(settings, loaded, metrics)
     await encoder.start()
     embeddings = EmbeddingService(
@@ -86,10 +90,11 @@ async def init_state(settings: Settings, checkpoint: str, metrics: Metrics) -> S
         metrics=metrics,
         model_id=loaded.model_id,
         dtype=settings.embedding_dtype,
+        admission=Admission(settings.max_pending_encodes, metrics),
         max_image_bytes=settings.max_image_bytes,
         max_image_pixels=settings.max_image_pixels,
-        encode_timeout_s=settings.encode_timeout_s,
-        lock_wait_s=settings.lock_wait_s,
+        max_concurrent_decodes=settings.max_concurrent_image_decodes,
+        lock_wait_s=settings.lock_wait,
         img_size=loaded.model.config.img_size,
     )
     decoder = Decoder(

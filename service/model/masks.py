@@ -60,28 +60,62 @@ def encode_png(mask: BoolMask) -> bytes:
     return buffer.getvalue()
 
 
-def mask_to_polygons(mask: BoolMask, min_points: int = 3) -> list[Polygon]:
-    """Outer boundaries with their holes, in pixel coordinates.
+def mask_to_polygons(mask: BoolMask) -> list[Polygon]:
+    """Outer boundaries with their holes, in pixel coordinates, ready to rasterise.
 
-    Each polygon is ``{"exterior": [[x, y], ...], "holes": [[[x, y], ...], ...]}``;
-    rings are traced through the centres of the boundary pixels (OpenCV
-    ``RETR_CCOMP``). Rings with fewer than ``min_points`` vertices are dropped.
+    Each polygon is ``{"exterior": [[x, y], ...], "holes": [[[x, y], ...], ...]}``:
+    one per 8-connected component of the mask, its holes being the 4-connected
+    background regions it encloses (the usual (8, 4) digital topology). Exteriors run
+    through the centres of the component's outermost pixels and holes through the
+    centres of the hole's own pixels, so filling the exterior and clearing each hole
+    (``cv2.fillPoly``, or any rasteriser that includes the boundary) gives the mask
+    back; an island inside a hole is a polygon of its own. Components or holes of one
+    or two pixels have rings of one or two points.
     """
-    contours, hierarchy = cv2.findContours(
-        np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
-    )
+    binary = np.ascontiguousarray(mask, dtype=np.uint8)
+    outer, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
-    links = hierarchy[0]  # [next, previous, first_child, parent]
-    polygons: list[Polygon] = []
-    for i, contour in enumerate(contours):
-        if links[i][3] != -1 or len(contour) < min_points:
-            continue  # holes are collected under their parent
-        holes: list[list[list[int]]] = []
-        child = int(links[i][2])
-        while child != -1:
-            if len(contours[child]) >= min_points:
-                holes.append(contours[child].reshape(-1, 2).tolist())
-            child = int(links[child][0])
-        polygons.append({"exterior": contour.reshape(-1, 2).tolist(), "holes": holes})
-    return polygons
+    _, components = cv2.connectedComponents(binary, connectivity=8)
+    polygons: dict[int, Polygon] = {}
+    for i, contour in enumerate(outer):
+        if hierarchy[0][i][3] != -1:
+            continue  # a ring on the mask side of a hole: holes are traced below
+        x, y = contour[0][0]
+        exterior = contour.reshape(-1, 2).tolist()
+        polygons[int(components[y, x])] = {"exterior": exterior, "holes": []}
+    height, width = binary.shape
+    extra: list[Polygon] = []
+    count, regions, stats, _ = cv2.connectedComponentsWithStats(1 - binary, connectivity=4)
+    for region in range(1, count):
+        x, y, w, h = (int(v) for v in stats[region, :4])
+        if x == 0 or y == 0 or x + w == width or y + h == height:
+            continue  # background that reaches the border: not a hole
+        crop = (regions[y : y + h, x : x + w] == region).astype(np.uint8)
+        rings, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        ring = rings[0].reshape(-1, 2)
+        offset = np.array([x, y])
+        first_x, first_y = ring[0] + offset  # its first pixel in raster order: above it is mask
+        owner_label = int(components[first_y - 1, first_x])
+        owner = polygons.get(owner_label)
+        if owner is None:
+            continue
+        owner["holes"].append((ring + offset).tolist())
+        # The ring is traced 8-connected, so it can cut across a diagonal joint of the
+        # component and enclose part of it (a "peninsula"): clearing the hole would clear
+        # those pixels too, so they come back as polygons of their own.
+        inside = np.zeros_like(crop)
+        cv2.fillPoly(inside, [ring], (1,))
+        cut_off = inside & (components[y : y + h, x : x + w] == owner_label).astype(np.uint8)
+        if cut_off.any():
+            extra.extend(_shifted(mask_to_polygons(cut_off.astype(bool)), x, y))
+    return [*polygons.values(), *extra]
+
+
+def _shifted(polygons: list[Polygon], dx: int, dy: int) -> list[Polygon]:
+    def move(ring: list[list[int]]) -> list[list[int]]:
+        return [[px + dx, py + dy] for px, py in ring]
+
+    return [
+        {"exterior": move(p["exterior"]), "holes": [move(r) for r in p["holes"]]} for p in polygons
+    ]

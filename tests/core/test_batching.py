@@ -1,13 +1,10 @@
-"""The micro-batcher merges what is queued and refuses work past its bound."""
+"""The micro-batcher merges what is queued into batches of at most ``max_batch``."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from service.core.batching import Batcher
-from service.errors import OverloadedError
 
 
 async def test_concurrent_items_share_a_batch() -> None:
@@ -19,7 +16,7 @@ async def test_concurrent_items_share_a_batch() -> None:
         await gate.wait()
         return [i * 10 for i in items]
 
-    batcher: Batcher[int, int] = Batcher(run, max_batch=4, queue_size=16)
+    batcher: Batcher[int, int] = Batcher(run, max_batch=4)
     first = asyncio.create_task(batcher.submit(0))
     await asyncio.sleep(0.01)  # 0 is running alone; the next five queue up
     rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 6)]
@@ -31,32 +28,13 @@ async def test_concurrent_items_share_a_batch() -> None:
     await batcher.close()
 
 
-async def test_full_queue_is_overloaded() -> None:
-    gate = asyncio.Event()
-
-    async def run(items: list[int]) -> list[int]:
-        await gate.wait()
-        return items
-
-    batcher: Batcher[int, int] = Batcher(run, max_batch=1, queue_size=1)
-    running = asyncio.create_task(batcher.submit(1))
-    await asyncio.sleep(0.01)
-    queued = asyncio.create_task(batcher.submit(2))
-    await asyncio.sleep(0.01)
-    with pytest.raises(OverloadedError):
-        await batcher.submit(3)
-    gate.set()
-    assert (await running, await queued) == (1, 2)
-    await batcher.close()
-
-
 async def test_a_failed_batch_fails_only_its_own_waiters() -> None:
     async def run(items: list[int]) -> list[int]:
         if 13 in items:
             raise RuntimeError("unlucky")
         return items
 
-    batcher: Batcher[int, int] = Batcher(run, max_batch=1, queue_size=8)
+    batcher: Batcher[int, int] = Batcher(run, max_batch=1)
     bad, good = await asyncio.gather(batcher.submit(13), batcher.submit(7), return_exceptions=True)
     assert isinstance(bad, RuntimeError)
     assert good == 7
@@ -72,7 +50,7 @@ async def test_cancelled_waiter_is_skipped() -> None:
         await gate.wait()
         return items
 
-    batcher: Batcher[int, int] = Batcher(run, max_batch=8, queue_size=8)
+    batcher: Batcher[int, int] = Batcher(run, max_batch=8)
     first = asyncio.create_task(batcher.submit(1))
     await asyncio.sleep(0.01)
     doomed = asyncio.create_task(batcher.submit(2))

@@ -81,7 +81,10 @@ def gateway_factory(fixture: Fixture) -> GatewayFactory:
     prefix = f"test-{uuid.uuid4().hex[:12]}"
 
     @asynccontextmanager
-    async def make(**overrides: Any) -> AsyncIterator[Gateway]:
+    async def make(
+        configure: Callable[[FastAPI], None] | None = None, **overrides: Any
+    ) -> AsyncIterator[Gateway]:
+        """``configure`` may add routes to the app before it starts (tests of the app shell)."""
         values: dict[str, Any] = {
             "checkpoint": str(fixture.checkpoint),
             "redis_key_prefix": prefix,
@@ -90,6 +93,8 @@ def gateway_factory(fixture: Fixture) -> GatewayFactory:
         values.update(overrides)
         settings = Settings(**values)
         app = build_app(settings)
+        if configure is not None:
+            configure(app)
         async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(

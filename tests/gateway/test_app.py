@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+from fastapi import FastAPI
+
+from service.gateway.request_context import RequestIdFilter
 from tests.gateway.fixtures import Gateway, GatewayFactory
-from tests.gateway.test_errors import png_bytes
+from tests.gateway.test_errors import assert_error, png_bytes
 
 
 async def test_openapi_documents_every_route(gateway: Gateway) -> None:
@@ -105,3 +111,68 @@ async def test_random_weights_say_so_in_every_response(gateway_factory: GatewayF
             json={"image_id": body["image_id"], "prompts": [{"points": [[1, 1]], "labels": [1]}]},
         )
         assert "RANDOM-WEIGHTS" in segment.json()["model"]
+
+
+async def test_invented_methods_share_one_metric_label(gateway: Gateway) -> None:
+    for i in range(20):
+        await gateway.client.request(f"BREW{i}", "/segment")
+    text = (await gateway.client.get("/metrics")).text
+    methods = {
+        line.split('method="', 1)[1].split('"', 1)[0]
+        for line in text.splitlines()
+        if line.startswith("esam_request_duration_seconds_count")
+    }
+    assert "other" in methods
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert gateway.metric(
+        "esam_request_duration_seconds_count",
+        {"method": "other", "route": "/segment", "status": "405"},
+    ) == pytest.approx(20)
+    await gateway.client.get("/no/such/path/1")
+    await gateway.client.get("/no/such/path/2")
+    assert gateway.metric(
+        "esam_request_duration_seconds_count",
+        {"method": "GET", "route": "unmatched", "status": "404"},
+    ) == pytest.approx(2)
+
+
+async def test_an_unexpected_error_is_a_500_with_request_id_and_cors(
+    gateway_factory: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    origin = "https://label.example.com"
+
+    def add_failing_route(app: FastAPI) -> None:
+        async def boom() -> None:
+            raise RuntimeError("forced failure")
+
+        app.add_api_route("/boom", boom, methods=["GET"])
+
+    caplog.handler.addFilter(RequestIdFilter())  # as the server's log handler has
+    async with gateway_factory(configure=add_failing_route, cors_origins=[origin]) as gw:
+        with caplog.at_level(logging.ERROR, logger="service.gateway"):
+            response = await gw.client.get(
+                "/boom", headers={"Origin": origin, "X-Request-Id": "trace-500"}
+            )
+    assert_error(response, 500, "internal_error")
+    assert response.headers["X-Request-Id"] == "trace-500"
+    assert response.headers["access-control-allow-origin"] == origin
+    logged = [r for r in caplog.records if "unhandled error" in r.getMessage()]
+    assert logged, caplog.records
+    assert logged[0].request_id == "trace-500"  # type: ignore[attr-defined]
+    assert "forced failure" in (logged[0].exc_text or "")
+
+
+async def test_readiness_turns_503_once_shutdown_begins(gateway: Gateway) -> None:
+    import signal
+
+    import uvicorn
+
+    from service.__main__ import DrainingServer
+
+    assert (await gateway.client.get("/readyz")).status_code == 200
+    server = DrainingServer(uvicorn.Config(gateway.app), gateway.app)
+    server.handle_exit(signal.SIGTERM, None)  # what uvicorn calls on SIGTERM
+    ready = await gateway.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "not_ready"
+    assert server.should_exit  # uvicorn's own shutdown still starts

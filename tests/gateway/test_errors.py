@@ -235,8 +235,8 @@ async def test_api_keys(gateway_factory: GatewayFactory) -> None:
         assert ok.status_code == 200
 
 
-async def test_overloaded_encoder_queue_answers_429(gateway_factory: GatewayFactory) -> None:
-    async with gateway_factory(encoder_queue_size=1, encoder_max_batch=1) as gw:
+async def test_pending_encode_budget_answers_429(gateway_factory: GatewayFactory) -> None:
+    async with gateway_factory(max_pending_encodes=2, encoder_max_batch=1) as gw:
         images = [png_bytes(seed=s) for s in range(6)]
         responses = await asyncio.gather(
             *(
@@ -247,10 +247,13 @@ async def test_overloaded_encoder_queue_answers_429(gateway_factory: GatewayFact
         statuses = sorted(r.status_code for r in responses)
         assert 429 in statuses, statuses
         assert 200 in statuses, statuses
+        assert statuses.count(200) == 2  # the budget, not one more
         refused = next(r for r in responses if r.status_code == 429)
         assert_error(refused, 429, "overloaded")
         assert int(refused.headers["Retry-After"]) >= 1
         assert len(gw.state.embeddings.cache.l1) == statuses.count(200)
+        assert gw.metric("esam_encodes_refused_total") == 4
+        assert gw.state.embeddings.admission.pending == 0  # every slot came back
 
 
 async def test_unreachable_triton_is_503_fast(gateway_factory: GatewayFactory) -> None:
@@ -260,7 +263,7 @@ async def test_unreachable_triton_is_503_fast(gateway_factory: GatewayFactory) -
         encoder="triton", triton_url=f"grpc://127.0.0.1:{free_port()}"
     ) as gw:
         ready = await gw.client.get("/readyz")
-        assert ready.status_code == 503
+        assert ready.status_code == 200  # prompts on cached images need no encoder
         assert ready.json()["encoder"] == "unavailable"
         loop = asyncio.get_running_loop()
         for _ in range(4):

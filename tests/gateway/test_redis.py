@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+from pathlib import Path
 
 import httpx
+import numpy as np
+import pytest
 import redis
 
 from service.core.embedding import Embedding
+from tests.conftest import Fixture
 from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.gateway.test_errors import png_bytes
 from tests.services import RedisServer, stored_record
@@ -25,6 +30,15 @@ def redis_key(gateway: Gateway, image_id: object) -> str:
     return tier.key(gateway.state.embeddings.key(str(image_id)))
 
 
+def expected_key(prefix: str, checkpoint: Path, image: bytes) -> str:
+    """The documented key, computed here from first principles (not by the code under test):
+    ``<prefix>:emb:efficientsam-<variant>-<checkpoint sha256[:12]>-p<preprocessing>:<sha256>``.
+    """
+    checkpoint_digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
+    model = f"efficientsam-ti-{checkpoint_digest}-p1"
+    return f"{prefix}:emb:{model}:{hashlib.sha256(image).hexdigest()}"
+
+
 async def embed(client: httpx.AsyncClient, data: bytes) -> dict[str, object]:
     response = await client.post("/embed", content=data, headers={"Content-Type": "image/png"})
     assert response.status_code == 200, response.text
@@ -33,13 +47,14 @@ async def embed(client: httpx.AsyncClient, data: bytes) -> dict[str, object]:
 
 
 async def test_embedding_is_shared_between_replicas(
-    gateway_factory: GatewayFactory, redis_url: str
+    gateway_factory: GatewayFactory, redis_url: str, fixture: Fixture
 ) -> None:
     image = png_bytes(seed=11)
     async with gateway_factory(cache="redis", redis_url=redis_url, cache_ttl_s=600) as first:
         body = await embed(first.client, image)
         assert body["cached"] is False
-        key = redis_key(first, body["image_id"])
+        key = expected_key(first.state.settings.redis_key_prefix, fixture.checkpoint, image)
+        assert raw(redis_url).exists(key)
         record = Embedding.from_bytes(stored_record(raw(redis_url), key))
         assert (record.width, record.height, record.dtype) == (64, 48, "float16")
         assert 0 < raw(redis_url).ttl(key) <= 600
@@ -135,3 +150,109 @@ async def test_corrupt_record_is_a_miss(gateway_factory: GatewayFactory, redis_u
         assert again["cached"] is False
         assert gw.encodes == 2
         assert Embedding.from_bytes(stored_record(raw(redis_url), key)).width == 64
+
+
+async def segment_status(client: httpx.AsyncClient, image_id: object) -> int:
+    response = await client.post(
+        "/segment",
+        json={"image_id": image_id, "prompts": [{"points": [[10, 10]], "labels": [1]}]},
+    )
+    return response.status_code
+
+
+async def test_a_delete_on_one_replica_is_seen_by_the_other(
+    gateway_factory: GatewayFactory, redis_url: str
+) -> None:
+    image = png_bytes(seed=41)
+    async with (
+        gateway_factory(cache="redis", redis_url=redis_url) as first,
+        gateway_factory(cache="redis", redis_url=redis_url) as second,
+    ):
+        for gw in (first, second):
+            listener = gw.state.embeddings.cache.invalidations
+            assert listener is not None
+            await asyncio.wait_for(listener.subscribed.wait(), 5)
+        image_id = (await embed(first.client, image))["image_id"]
+        assert await segment_status(second.client, image_id) == 200  # now in second's L1
+        assert len(second.state.embeddings.cache.l1) == 1
+
+        deleted = await first.client.delete(f"/embeddings/{image_id}")
+        assert deleted.status_code == 204
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while await segment_status(second.client, image_id) != 404:
+            assert loop.time() - start < 1.0, "the second replica still serves the embedding"
+            await asyncio.sleep(0.02)
+        assert (await second.client.head(f"/embeddings/{image_id}")).status_code == 404
+        assert second.metric("esam_cache_invalidations_total", {"source": "message"}) == 1
+
+
+async def test_delete_is_503_when_redis_cannot_confirm_it(
+    gateway_factory: GatewayFactory, private_redis: RedisServer
+) -> None:
+    async with gateway_factory(
+        cache="redis", redis_url=private_redis.url, redis_timeout_s=0.3, redis_retry_s=0.5
+    ) as gw:
+        image_id = (await embed(gw.client, png_bytes(seed=51)))["image_id"]
+        private_redis.stop()
+        response = await gw.client.delete(f"/embeddings/{image_id}")
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "cache_unavailable"
+        assert int(response.headers["Retry-After"]) >= 1
+
+
+async def test_missed_deletes_clear_the_local_tier_after_an_outage(
+    gateway_factory: GatewayFactory, private_redis: RedisServer
+) -> None:
+    """Pub/sub keeps nothing for an absent listener: a replica that was away must resync."""
+    settings = {"cache": "redis", "redis_url": private_redis.url, "redis_retry_s": 0.2}
+    async with gateway_factory(**settings) as gw:
+        listener = gw.state.embeddings.cache.invalidations
+        assert listener is not None
+        await asyncio.wait_for(listener.subscribed.wait(), 5)
+        kept = (await embed(gw.client, png_bytes(seed=61)))["image_id"]
+        private_redis.stop()  # an outage without deletes keeps the local tier
+        await asyncio.sleep(0.5)
+        private_redis.start()
+        await asyncio.wait_for(listener.subscribed.wait(), 5)
+        assert await segment_status(gw.client, kept) == 200
+
+        # now a delete this replica cannot hear: made while its subscription is down
+        gone = (await embed(gw.client, png_bytes(seed=62)))["image_id"]
+        await listener.close()
+        other = raw(private_redis.url)
+        key = redis_key(gw, gone)
+        with other.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.incr(f"{gw.state.settings.redis_key_prefix}:deletes")
+            pipe.execute()
+        assert await segment_status(gw.client, gone) == 200  # still in L1: it missed it
+        listener.start()
+        await asyncio.wait_for(listener.subscribed.wait(), 5)
+        assert await segment_status(gw.client, gone) == 404
+        assert gw.metric("esam_cache_invalidations_total", {"source": "resync"}) == 1
+
+
+async def test_an_encode_longer_than_the_lock_ttl_keeps_its_lock(
+    gateway_factory: GatewayFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock is renewed while encoding: a slow encode is not started twice by two replicas."""
+    from service.core.encoders.local import LocalEncoder
+
+    real_encode = LocalEncoder.encode
+
+    async def slow_encode(self: LocalEncoder, pixels: np.ndarray) -> np.ndarray:
+        await asyncio.sleep(3.0)  # three lock TTLs
+        return await real_encode(self, pixels)
+
+    monkeypatch.setattr(LocalEncoder, "encode", slow_encode)
+    image = png_bytes(seed=71)
+    settings = {"cache": "redis", "redis_url": redis_url, "lock_ttl_s": 1.0}
+    async with gateway_factory(**settings) as first, gateway_factory(**settings) as second:
+        started = asyncio.create_task(embed(first.client, image))
+        await asyncio.sleep(2.0)  # the first lock would have expired twice without renewal
+        late = await embed(second.client, image)
+        early = await started
+    assert early["image_id"] == late["image_id"]
+    assert first.encodes + second.encodes == 1
+    assert second.metric("esam_singleflight_waits_total", {"scope": "redis_lock"}) == 1

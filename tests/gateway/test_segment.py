@@ -159,6 +159,10 @@ async def test_conformance_fixture_through_http(
         )
 
 
+#: What the README promises for float16 embeddings (measured: see the test's output).
+FLOAT16_MIN_IOU = 0.999
+
+
 async def test_float16_embeddings_barely_move_the_masks(
     gateway: Gateway, fixture: Fixture, expected: dict[str, np.ndarray], image_bytes: bytes
 ) -> None:
@@ -174,7 +178,8 @@ async def test_float16_embeddings_barely_move_the_masks(
         order = np.argsort(-expected["iou_multimask"][0, q], kind="stable")
         for rank, k in enumerate(order):
             ious.append(mask_iou(rle_mask(result["candidates"][rank]), expected_masks[q, k]))
-    assert min(ious) >= 0.99, ious
+    print(f"float16 cache: fixture mask IoU min {min(ious):.5f} mean {np.mean(ious):.5f}")
+    assert min(ious) >= FLOAT16_MIN_IOU, ious
 
 
 async def test_mask_formats_agree(gateway: Gateway, image_bytes: bytes) -> None:

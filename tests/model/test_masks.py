@@ -7,17 +7,20 @@ import io
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 
 from service.model.masks import (
+    Polygon,
     encode_png,
     encode_rle,
     mask_to_polygons,
     rle_area_bbox,
     upsample_masks,
 )
+from tests.model.conformance import mask_iou, unpack_masks
 
 
 def ring_mask() -> np.ndarray:
@@ -29,13 +32,21 @@ def ring_mask() -> np.ndarray:
     return mask
 
 
-def test_upsample_is_bicubic_then_threshold() -> None:
-    logits = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-    masks = upsample_masks(logits, 123, 77)
-    assert masks.shape == (2, 3, 123, 77)
-    assert masks.dtype == torch.bool
-    reference = torch.nn.functional.interpolate(logits, (123, 77), mode="bicubic") >= 0
-    assert torch.equal(masks, reference)
+def test_upsample_reproduces_the_reference_masks(expected: dict[str, np.ndarray]) -> None:
+    """The reference's own full-size masks from its own low-res logits (the fixture)."""
+    logits = torch.from_numpy(expected["low_res_logits_multimask"][0])  # [5, 3, 256, 256]
+    masks = upsample_masks(logits, 603, 1072).numpy()
+    assert masks.shape == (5, 3, 603, 1072)
+    reference = unpack_masks(expected)
+    for q in range(5):
+        for k in range(3):
+            assert mask_iou(masks[q, k], reference[q, k]) >= 0.999
+
+
+def test_upsample_thresholds_at_zero_inclusive() -> None:
+    flat = torch.zeros(1, 256, 256)
+    assert upsample_masks(flat, 10, 20).all()  # logits == 0 count as inside (>= 0)
+    assert not upsample_masks(flat - 1e-3, 10, 20).any()
 
 
 def test_rle_decodes_with_pycocotools() -> None:
@@ -63,20 +74,72 @@ def test_png_decodes_with_pillow() -> None:
     assert base64.b64decode(base64.b64encode(data)) == data
 
 
+def rasterise(polygons: list[Polygon], shape: tuple[int, ...]) -> np.ndarray:
+    """What a client draws: each polygon filled, its holes cleared, the polygons united."""
+    canvas = np.zeros(shape, dtype=np.uint8)
+    for polygon in polygons:
+        layer = np.zeros(shape, dtype=np.uint8)
+        cv2.fillPoly(layer, [np.array(polygon["exterior"], dtype=np.int32)], (1,))
+        for hole in polygon["holes"]:
+            cv2.fillPoly(layer, [np.array(hole, dtype=np.int32)], (0,))
+        canvas |= layer
+    return canvas.astype(bool)
+
+
+def blobs(seed: int, shape: tuple[int, int] = (200, 300)) -> np.ndarray:
+    noise = np.random.default_rng(seed).random(shape).astype(np.float32)
+    return np.asarray(cv2.GaussianBlur(noise, (0, 0), 3) > 0.5)
+
+
+def island_in_a_hole() -> np.ndarray:
+    mask = np.zeros((60, 60), dtype=bool)
+    mask[5:55, 5:55] = True
+    mask[15:45, 15:45] = False
+    mask[25:35, 25:35] = True
+    return mask
+
+
+def diagonal_joint() -> np.ndarray:
+    """A 4-connected hole that wraps around a pixel joined to its component diagonally."""
+    mask = np.zeros((9, 9), dtype=bool)
+    mask[1:8, 1:8] = True
+    mask[3:6, 3:6] = False
+    mask[4, 4] = True  # alone in the hole, but diagonal to nothing: an island
+    mask[2, 6] = False
+    mask[3, 6] = True  # joined to the wall only across a diagonal of the hole
+    return mask
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [ring_mask(), island_in_a_hole(), diagonal_joint(), blobs(1), blobs(2), blobs(3)],
+    ids=["ring", "island", "diagonal", "blobs1", "blobs2", "blobs3"],
+)
+def test_polygons_rasterise_back_to_the_mask(mask: np.ndarray) -> None:
+    drawn = rasterise(mask_to_polygons(mask), mask.shape)
+    assert mask_iou(drawn, mask) >= 0.98
+
+
+def test_polygons_of_speckle_rasterise_back(expected: dict[str, np.ndarray]) -> None:
+    """The random-weight fixture's masks are speckle: the hardest case for holes."""
+    mask = unpack_masks(expected)[0, 0][:200, :300]
+    assert mask_iou(rasterise(mask_to_polygons(mask), mask.shape), mask) >= 0.98
+
+
 def test_polygons_keep_holes() -> None:
     mask = ring_mask()
     polygons = mask_to_polygons(mask)
     assert len(polygons) == 2
     big = max(polygons, key=lambda p: len(p["exterior"]) + 100 * len(p["holes"]))
     assert len(big["holes"]) == 1
-    # Rasterise back: exterior filled minus hole filled reproduces the mask's interior.
-    canvas = np.zeros(mask.shape, dtype=np.uint8)
-    for polygon in polygons:
-        cv2.fillPoly(canvas, [np.array(polygon["exterior"], dtype=np.int32)], (1,))
-        for hole in polygon["holes"]:
-            cv2.fillPoly(canvas, [np.array(hole, dtype=np.int32)], (0,))
-    # boundary pixels of holes are traced on the mask side: compare interiors
-    assert np.logical_xor(canvas.astype(bool), mask).sum() <= 2 * (6 + 4)
+    # the hole ring runs through the hole's own pixels: x 15..20, y 18..21
+    hole = np.array(big["holes"][0])
+    assert (hole[:, 0].min(), hole[:, 0].max(), hole[:, 1].min(), hole[:, 1].max()) == (
+        15,
+        20,
+        18,
+        21,
+    )
     xs = [x for x, _ in big["exterior"]]
     ys = [y for _, y in big["exterior"]]
     assert (min(xs), max(xs), min(ys), max(ys)) == (5, 34, 10, 29)

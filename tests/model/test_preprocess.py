@@ -7,10 +7,19 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
-from service.model.preprocess import decode_image, resize_to_model
+from service.model.preprocess import (
+    BAND_BYTES,
+    ArrayRows,
+    decode_image,
+    load_for_model,
+    open_image,
+    read_header,
+    resize_to_model,
+)
+from tests.conftest import Fixture
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
@@ -118,3 +127,68 @@ def test_resize_output_shape_and_range() -> None:
     assert out.dtype == torch.float32
     assert float(out.min()) >= 0.0
     assert float(out.max()) <= 1.0
+
+
+def reference_resize(rgb: np.ndarray, size: int = 1024) -> torch.Tensor:
+    """The reference pipeline, computed by PyTorch itself: /255 in float, then F.interpolate."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+    out = torch.nn.functional.interpolate(x, (size, size), mode="bilinear", align_corners=False)
+    return out[0]
+
+
+@pytest.mark.parametrize(
+    "shape", [(603, 1072), (37, 53), (1024, 1024), (2000, 1500), (5, 3000), (3000, 7)]
+)
+def test_banded_resize_matches_pytorch(shape: tuple[int, int]) -> None:
+    rgb = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    torch.testing.assert_close(resize_to_model(rgb), reference_resize(rgb), rtol=0, atol=1e-6)
+
+
+def test_a_very_wide_image_uses_thin_bands() -> None:
+    wide = np.random.default_rng(1).integers(0, 256, (4000, 9000, 3), dtype=np.uint8)
+    reads: list[tuple[int, int]] = []
+
+    class Recording(ArrayRows):
+        def rows(self, start: int, stop: int) -> np.ndarray:
+            reads.append((start, stop))
+            return super().rows(start, stop)
+
+    out = resize_to_model(Recording(wide))
+    torch.testing.assert_close(out, reference_resize(wide), rtol=0, atol=1e-6)
+    assert len(reads) > 1024 // 64  # thinner bands than for a small image
+    assert max(stop - start for start, stop in reads) * 9000 * 4 <= 3 * BAND_BYTES
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_band_by_band(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(PIXELS), "PNG", exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    image = open_image(data)
+    assert (image.height, image.width) == expected.shape[:2]
+    bands = [image.rows(top, min(top + 5, image.height)) for top in range(0, image.height, 5)]
+    np.testing.assert_array_equal(np.concatenate(bands), expected)
+    header = read_header(data)
+    assert (header.width, header.height, header.orientation) == (
+        expected.shape[1],
+        expected.shape[0],
+        orientation,
+    )
+
+
+def test_header_reads_no_pixels_and_checks_the_limit() -> None:
+    data = encode(Image.fromarray(PIXELS), "PNG")
+    header = read_header(data[:100], max_pixels=53 * 37)  # the header alone is enough
+    assert (header.format, header.width, header.height) == ("PNG", 53, 37)
+    with pytest.raises(ImageTooLargeError):
+        read_header(data, max_pixels=100)
+    with pytest.raises(InvalidImageError):
+        decode_image(data[:100])  # the pixels are not there
+
+
+def test_load_for_model_is_decode_then_resize(fixture: Fixture) -> None:
+    data = fixture.image_path.read_bytes()
+    torch.testing.assert_close(
+        load_for_model(data), reference_resize(decode_image(data)), rtol=0, atol=1e-6
+    )

@@ -1,4 +1,9 @@
-"""In-process LRU of embeddings, bounded in bytes, with a per-entry TTL."""
+"""In-process LRU of embeddings, bounded in bytes, with a per-entry TTL.
+
+Deletes are remembered (by a generation number) for a while, so that an entry
+fetched from Redis *before* another replica deleted it is not put back here
+*after* the deletion arrived (see ``set(..., fetched_at=...)``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,9 @@ import time
 from collections import OrderedDict
 
 from service.core.embedding import Embedding
+
+#: How many recent deletions are remembered one by one (older ones count as "maybe").
+_REMEMBERED_DELETES = 4096
 
 
 class MemoryCache:
@@ -16,10 +24,18 @@ class MemoryCache:
         self.ttl_s = ttl_s
         self._entries: OrderedDict[str, tuple[Embedding, float]] = OrderedDict()
         self._bytes = 0
+        self._generation = 0  # bumped by every delete and clear
+        self._deleted_at: OrderedDict[str, int] = OrderedDict()
+        self._floor = 0  # deletions at or before this generation are no longer itemised
 
     @property
     def size_bytes(self) -> int:
         return self._bytes
+
+    @property
+    def generation(self) -> int:
+        """Pass to ``set(..., fetched_at=)`` for a value read elsewhere from now on."""
+        return self._generation
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -30,14 +46,17 @@ class MemoryCache:
             return None
         embedding, expires = entry
         if time.monotonic() >= expires:
-            self.delete(key)
+            self._drop(key)
             return None
         self._entries.move_to_end(key)
         return embedding
 
-    def set(self, key: str, embedding: Embedding) -> None:
+    def set(self, key: str, embedding: Embedding, *, fetched_at: int | None = None) -> None:
+        """Store; with ``fetched_at``, only if ``key`` was not deleted since that generation."""
+        if fetched_at is not None and self._deleted_since(key, fetched_at):
+            return
         size = embedding.nbytes
-        self.delete(key)
+        self._drop(key)
         if size > self.max_bytes:
             return  # larger than the whole cache (or the cache is disabled)
         while self._bytes + size > self.max_bytes:
@@ -47,12 +66,31 @@ class MemoryCache:
         self._bytes += size
 
     def delete(self, key: str) -> bool:
+        """Forget ``key`` (a deletion: remembered, see ``set``). True if it was here."""
+        self._generation += 1
+        self._deleted_at[key] = self._generation
+        self._deleted_at.move_to_end(key)
+        while len(self._deleted_at) > _REMEMBERED_DELETES:
+            _, generation = self._deleted_at.popitem(last=False)
+            self._floor = max(self._floor, generation)
+        return self._drop(key)
+
+    def clear(self) -> None:
+        """Forget everything (counts as a deletion of every key)."""
+        self._generation += 1
+        self._floor = self._generation
+        self._deleted_at.clear()
+        self._entries.clear()
+        self._bytes = 0
+
+    def _deleted_since(self, key: str, generation: int) -> bool:
+        if generation < self._floor:
+            return True  # too long ago to tell: assume the worst
+        return self._deleted_at.get(key, -1) > generation
+
+    def _drop(self, key: str) -> bool:
         entry = self._entries.pop(key, None)
         if entry is None:
             return False
         self._bytes -= entry[0].nbytes
         return True
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0

@@ -11,6 +11,7 @@ needed (``save ""``, ``appendonly no``): the cache can always be rebuilt.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError, RedisError
 
 from service.core.embedding import CorruptEmbeddingError, Embedding
@@ -45,10 +49,15 @@ class RedisTier:
         self.ttl_s = ttl_s
         self.retry_s = retry_s
         self.lock_ttl_s = lock_ttl_s
+        self.url = url
+        self.timeout_s = timeout_s
         self._client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
+            # a pooled connection that broke (Redis restarted) is reconnected and the command
+            # sent once more; a timeout is not retried: a hung Redis costs one timeout
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             retry_on_timeout=False,
             health_check_interval=30,
         )
@@ -103,6 +112,36 @@ class RedisTier:
     async def delete(self, key: str) -> None:
         await self._call(self._client.delete, self.key(key))
 
+    @property
+    def invalidation_channel(self) -> str:
+        return f"{self.prefix}:invalidate"
+
+    @property
+    def deletes_key(self) -> str:
+        """A counter of every delete ever published (to tell whether a listener missed one)."""
+        return f"{self.prefix}:deletes"
+
+    async def delete_everywhere(self, key: str) -> None:
+        """Delete the entry, count it and tell every replica to drop it (one transaction)."""
+
+        async def transaction() -> Any:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(self.key(key))
+                pipe.incr(self.deletes_key)
+                pipe.publish(self.invalidation_channel, key)
+                return await pipe.execute()
+
+        await self._call(transaction)
+
+    def listener_client(self) -> aioredis.Redis:
+        """A client for a long-lived subscription: no read timeout, periodic health checks."""
+        return aioredis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=self.timeout_s,
+            socket_keepalive=True,
+            health_check_interval=5,
+        )
+
     async def exists(self, key: str) -> bool:
         return bool(await self._call(self._client.exists, self.key(key)))
 
@@ -122,13 +161,24 @@ class RedisTier:
 class EncodeLock:
     """``async with tier.lock(key) as owned``: ``owned`` is False when another replica holds it.
 
-    A Redis failure counts as owning the lock (encode locally rather than wait).
+    A Redis failure counts as owning the lock (encode locally rather than wait). While
+    it is held, the lock's TTL is renewed every third of it: an encode that takes longer
+    than the TTL keeps its lock, and a crashed replica's lock is gone within one TTL.
     """
 
     def __init__(self, tier: RedisTier, key: str) -> None:
         self._tier = tier
         self._lock = tier._lock_object(key)
         self._owned = False
+        self._renewal: asyncio.Task[None] | None = None
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self._tier.lock_ttl_s / 3)
+            try:
+                await self._lock.reacquire()
+            except (LockError, RedisError, OSError, TimeoutError):
+                return  # expired or Redis gone: nothing left to keep
 
     async def __aenter__(self) -> bool:
         if not self._tier.available:
@@ -138,6 +188,8 @@ class EncodeLock:
         except (TimeoutError, RedisError, OSError) as exc:
             self._tier._failed(exc)
             return True
+        if self._owned:
+            self._renewal = asyncio.create_task(self._renew(), name="renew encode lock")
         return self._owned
 
     async def __aexit__(
@@ -148,5 +200,9 @@ class EncodeLock:
     ) -> None:
         if not self._owned:
             return
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
         with contextlib.suppress(LockError, RedisError, OSError, TimeoutError):
             await self._lock.release()  # expired or Redis gone: the TTL cleans up

@@ -1,14 +1,20 @@
-"""L1 (process) in front of Redis (shared). Redis trouble never fails a request."""
+"""L1 (process) in front of Redis (shared). Redis trouble never fails a lookup or a store.
+
+A DELETE is the exception: it must reach every replica, so it fails
+(:class:`CacheUnavailableError`, 503) when Redis cannot confirm it.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Literal
 
+from service.core.cache.invalidation import InvalidationListener
 from service.core.cache.memory import MemoryCache
 from service.core.cache.redis_tier import RedisTier, RedisUnavailableError
 from service.core.embedding import Embedding
 from service.core.metrics import Metrics
+from service.errors import CacheUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +27,12 @@ class EmbeddingCache:
         self.redis = redis
         self._metrics = metrics
         self._redis_was_up = True
+        self.invalidations = InvalidationListener(redis, l1, metrics) if redis is not None else None
         metrics.redis_up.set(1 if redis is not None else 0)
+
+    def start(self) -> None:
+        if self.invalidations is not None:
+            self.invalidations.start()
 
     def _redis_error(self, op: str, exc: RedisUnavailableError) -> None:
         self._metrics.redis_errors.labels(op).inc()
@@ -44,6 +55,7 @@ class EmbeddingCache:
         if not self.redis.available:
             self._metrics.cache_lookups.labels("redis", "error").inc()
             return None
+        fetched_at = self.l1.generation
         try:
             embedding = await self.redis.get(key)
         except RedisUnavailableError as exc:
@@ -52,8 +64,8 @@ class EmbeddingCache:
             return None
         self._redis_ok()
         self._metrics.cache_lookups.labels("redis", "hit" if embedding else "miss").inc()
-        if embedding is not None:
-            self.l1.set(key, embedding)
+        if embedding is not None:  # unless a DELETE arrived while it was on its way
+            self.l1.set(key, embedding, fetched_at=fetched_at)
         return embedding
 
     async def put(self, key: str, embedding: Embedding) -> None:
@@ -68,13 +80,20 @@ class EmbeddingCache:
             self._redis_ok()
 
     async def delete(self, key: str) -> None:
+        """Delete on every replica, or raise :class:`CacheUnavailableError`."""
         self.l1.delete(key)
         if self.redis is None:
             return
         try:
-            await self.redis.delete(key)
+            await self.redis.delete_everywhere(key)
         except RedisUnavailableError as exc:
             self._redis_error("delete", exc)
+            raise CacheUnavailableError(
+                "the shared cache (Redis) could not confirm the delete; other replicas may "
+                "still hold the embedding: retry",
+                retry_after_s=max(1, int(self.redis.retry_s + 0.999)),
+            ) from exc
+        self._redis_ok()
 
     async def contains(self, key: str) -> bool:
         if self.l1.get(key) is not None:
@@ -96,5 +115,7 @@ class EmbeddingCache:
         return "ok" if up else "down"
 
     async def close(self) -> None:
+        if self.invalidations is not None:
+            await self.invalidations.close()
         if self.redis is not None:
             await self.redis.close()

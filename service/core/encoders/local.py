@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from service.core.batching import Batcher
 from service.core.metrics import Metrics
+from service.errors import EncoderUnavailableError
 from service.model import EfficientSam, Precision
 
 
@@ -24,15 +25,16 @@ class LocalEncoder:
         *,
         precision: Precision,
         max_batch: int,
-        queue_size: int,
+        timeout_s: float,
         metrics: Metrics,
     ) -> None:
         self._model = model
+        self.timeout_s = timeout_s
         self._precision = precision
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="esam-encoder")
         self._batcher: Batcher[NDArray[np.float32], NDArray[np.float32]] = Batcher(
-            self._run, max_batch=max_batch, queue_size=queue_size
+            self._run, max_batch=max_batch
         )
 
     async def start(self) -> None:
@@ -46,7 +48,18 @@ class LocalEncoder:
         return True
 
     async def encode(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
-        return await self._batcher.submit(pixels)
+        """One encode within ``timeout_s`` (the only deadline on this path).
+
+        The queue itself is unbounded: ``core.admission`` bounds the encodes pending in
+        this process before any image is decoded.
+        """
+        try:
+            return await asyncio.wait_for(self._batcher.submit(pixels), self.timeout_s)
+        except TimeoutError as exc:
+            self._metrics.encoder_errors.labels("timeout").inc()
+            raise EncoderUnavailableError(
+                f"the encoder did not answer within {self.timeout_s:g}s"
+            ) from exc
 
     async def _run(self, batch: list[NDArray[np.float32]]) -> list[NDArray[np.float32]]:
         loop = asyncio.get_running_loop()

@@ -4,11 +4,13 @@
 The wire dtype of the input (FP32, FP16 or UINT8) is read from the model's
 metadata, so the gateway follows whatever the deployed ``config.pbtxt`` says.
 
-Failure policy: every call has a deadline; a call that failed to reach Triton
-(``UNAVAILABLE``) is retried once, since encoding is idempotent; timeouts and
-model errors are not retried. Repeated connection failures open a circuit
-breaker, and while it is open requests get ``encoder_unavailable`` (503 with
-``Retry-After``) at once instead of waiting on a dead server.
+Failure policy: every encode has one deadline (``timeout_s``, owned here); a call
+that failed to reach Triton (``UNAVAILABLE``) is retried once within it, since
+encoding is idempotent; timeouts and errors about the request are not retried.
+Failures are told apart by the client library's status codes, never by message
+text. Repeated connection failures or timeouts open a circuit breaker: while it is
+open requests get ``encoder_unavailable`` (503 with ``Retry-After``) at once, and
+a background readiness probe closes it as soon as Triton is ready again.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import tritonclient.http.aio as httpclient
 from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
-from service.core.circuit import CircuitBreaker
+from service.core.circuit import BreakerState, Call, CircuitBreaker
 from service.core.metrics import Metrics
 from service.errors import EncoderUnavailableError
 
@@ -40,19 +42,32 @@ _GRPC_CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
 ]
-#: Failures that mean "Triton (or its model) is not there": retried once, counted by the
-#: circuit breaker. NOT_FOUND is what a Triton that is shutting down answers.
-_RETRYABLE = ("UNAVAILABLE", "NOT_FOUND", "unknown model", "Connect", "connect", "Connection")
+#: Status codes (as ``InferenceServerException.status()`` gives them) that mean "Triton,
+#: or its model, is not there": retried once and counted by the circuit breaker. NOT_FOUND
+#: is what a Triton that is shutting down (or still loading) answers. Every other status is
+#: Triton's answer about this one request.
+_UNREACHABLE_STATUS = frozenset(
+    {
+        "StatusCode.UNAVAILABLE",
+        "StatusCode.NOT_FOUND",
+        "StatusCode.UNKNOWN",  # the channel broke mid-call
+        "404",
+        "502",
+        "503",
+        "504",
+    }
+)
+_PROBE_INTERVAL_S = 0.5
 
 
 def _unreachable(exc: BaseException) -> bool:
     """True for failures to reach the server (safe to retry; counts against the circuit)."""
-    if isinstance(exc, OSError | ConnectionError):
-        return True
     if isinstance(exc, InferenceServerException):
-        text = f"{exc.status()} {exc.message()}"
-        return any(marker in text for marker in _RETRYABLE)
-    return type(exc).__module__.startswith("aiohttp")
+        return str(exc.status()) in _UNREACHABLE_STATUS
+    # transport errors of the HTTP client (aiohttp's are OSError subclasses) and of gRPC
+    return isinstance(exc, OSError | ConnectionError) or type(exc).__module__.startswith(
+        ("aiohttp", "grpc")
+    )
 
 
 class TritonEncoder:
@@ -77,9 +92,13 @@ class TritonEncoder:
         self.timeout_s = timeout_s
         self.probe_timeout_s = probe_timeout_s
         self._metrics = metrics
-        self._breaker = breaker or CircuitBreaker()
+        self._breaker = breaker or CircuitBreaker(
+            on_change=lambda state: metrics.encoder_circuit_state.set(state.value)
+        )
         self._client: Any = None
         self._wire_dtype: str | None = None
+        self._probe: asyncio.Task[bool] | None = None
+        self._last_probe = 0.0
 
     # --- lifecycle --------------------------------------------------------------------------
     def _new_client(self) -> Any:
@@ -92,6 +111,8 @@ class TritonEncoder:
         self._client = self._new_client()  # one client, its connections reused
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -110,9 +131,10 @@ class TritonEncoder:
         except Exception as exc:  # aiohttp / grpc transport errors
             log.debug("triton readiness probe failed: %s", exc)
             return False
-        if ready and self._breaker.is_open:
+        if ready and self._breaker.state is not BreakerState.CLOSED:
             log.info("triton is ready again: closing the circuit")
-            self._breaker.success()
+        if ready:
+            self._breaker.probe_succeeded()
         return ready
 
     async def _wire(self) -> str:
@@ -153,11 +175,21 @@ class TritonEncoder:
         return out
 
     async def encode(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
-        if not self._breaker.allow():
+        """One encode within ``timeout_s`` (the only deadline on this path)."""
+        call = self._breaker.acquire()
+        if call is None:
+            self._metrics.encoder_errors.labels("circuit_open").inc()
+            self._probe_soon()
             raise EncoderUnavailableError(
                 "the encoder is unavailable (circuit open after repeated failures)",
                 retry_after_s=self._breaker.retry_after_s(),
             )
+        try:
+            return await self._encode(pixels, call)
+        finally:
+            call.abandon()  # cancelled: no verdict (a no-op after success/failure)
+
+    async def _encode(self, pixels: NDArray[np.float32], call: Call) -> NDArray[np.float32]:
         deadline = time.monotonic() + self.timeout_s
         attempt = 0
         while True:
@@ -167,16 +199,20 @@ class TritonEncoder:
                 remaining = max(0.001, deadline - time.monotonic())
                 out = await asyncio.wait_for(self._infer_once(pixels), remaining)
             except TimeoutError as exc:
-                self._breaker.failure()
+                call.failure()
+                self._metrics.encoder_errors.labels("timeout").inc()
                 raise EncoderUnavailableError(
                     f"the encoder did not answer within {self.timeout_s:g}s"
                 ) from exc
             except EncoderUnavailableError:
+                call.success()  # Triton answered, with something unusable
                 raise
             except Exception as exc:
                 if not _unreachable(exc):
-                    # the server answered with an error for this request: not retried,
-                    # and no reason to stop sending it other requests
+                    # Triton answered with an error about this request: not retried, and
+                    # no reason to stop sending it others
+                    call.success()
+                    self._metrics.encoder_errors.labels("request").inc()
                     log.warning("triton failed this request: %s", exc)
                     raise EncoderUnavailableError(
                         "the encoder failed on this request", retry_after_s=1
@@ -185,12 +221,24 @@ class TritonEncoder:
                 if attempt == 1 and deadline - time.monotonic() > 0.1:
                     await asyncio.sleep(0.05)
                     continue
-                self._breaker.failure()
+                call.failure()
+                self._metrics.encoder_errors.labels("unreachable").inc()
                 raise EncoderUnavailableError(
                     "the encoder (Triton) is unreachable",
                     retry_after_s=self._breaker.retry_after_s() if self._breaker.is_open else 2,
                 ) from exc
-            self._breaker.success()
+            call.success()
             # batch sizes are Triton's business: nv_inference_exec_count vs request_success
             self._metrics.encoder_duration.observe(time.perf_counter() - start)
             return out
+
+    def _probe_soon(self) -> None:
+        """While the circuit is open, probe readiness in the background (at most every 0.5 s):
+        a Triton that is back closes the circuit without waiting out the cool-down."""
+        now = time.monotonic()
+        if self._probe is not None and not self._probe.done():
+            return
+        if now - self._last_probe < _PROBE_INTERVAL_S:
+            return
+        self._last_probe = now
+        self._probe = asyncio.create_task(self.ready(), name="triton readiness probe")

@@ -6,9 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from service.gateway.auth import ApiKey
-
-router = APIRouter(include_in_schema=False, dependencies=[ApiKey])
+router = APIRouter(include_in_schema=False)
 
 
 @router.get("/openapi.json")

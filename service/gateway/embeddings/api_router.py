@@ -7,13 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from service.errors import EmbeddingNotFoundError
-from service.gateway.auth import ApiKey
-from service.gateway.errors import error_responses
+from service.gateway.errors import delete_error_responses, error_responses
 from service.gateway.npy import NPY_RESPONSE, npy_response
 from service.gateway.segment.protocol import IMAGE_ID_PATTERN
 from service.gateway.state import State
 
-router = APIRouter(prefix="/embeddings", tags=["embeddings"], dependencies=[ApiKey])
+router = APIRouter(prefix="/embeddings", tags=["embeddings"])
 ImageId = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="SHA-256 hex of the image")]
 
 
@@ -58,8 +57,12 @@ async def get_embedding(image_id: ImageId, state: State) -> Response:
     "/{image_id}",
     status_code=204,
     operation_id="delete_embedding",
-    summary="Forget an image's embedding",
-    responses=error_responses(401, 422),
+    summary="Forget an image's embedding, on every replica",
+    description=(
+        "204 once the embedding is gone from the shared cache and every replica has been "
+        "told to drop its copy; 503 `cache_unavailable` when Redis could not confirm it."
+    ),
+    responses=delete_error_responses(),
 )
 async def delete_embedding(image_id: ImageId, state: State) -> Response:
     await state.embeddings.delete(image_id)

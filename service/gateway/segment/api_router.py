@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.gateway.auth import ApiKey
 from service.gateway.errors import error_responses
 from service.gateway.segment.protocol import SegmentRequest, SegmentResponse
 from service.gateway.segment.serving import segment as run_segment
 from service.gateway.state import State
 
-router = APIRouter(tags=["segmentation"], dependencies=[ApiKey])
+router = APIRouter(tags=["segmentation"])
 
 
 @router.post(

@@ -47,3 +47,32 @@ def test_entries_expire() -> None:
     time.sleep(0.06)
     assert cache.get("a") is None
     assert cache.size_bytes == 0
+
+
+def test_a_value_fetched_before_a_delete_is_not_stored_after_it() -> None:
+    cache = MemoryCache(max_bytes=1 << 30, ttl_s=60)
+    fetched = cache.generation  # a Redis GET starts
+    cache.delete("a")  # another replica's DELETE arrives meanwhile
+    cache.set("a", record(), fetched_at=fetched)
+    assert cache.get("a") is None
+    cache.set("b", record(), fetched_at=fetched)  # other keys are not affected
+    assert cache.get("b") is not None
+    cache.set("a", record(), fetched_at=cache.generation)  # fetched after the delete
+    assert cache.get("a") is not None
+
+
+def test_clear_counts_as_deleting_everything() -> None:
+    cache = MemoryCache(max_bytes=1 << 30, ttl_s=60)
+    fetched = cache.generation
+    cache.clear()
+    cache.set("x", record(), fetched_at=fetched)
+    assert cache.get("x") is None
+
+
+def test_forgotten_deletions_are_assumed() -> None:
+    cache = MemoryCache(max_bytes=1 << 30, ttl_s=60)
+    fetched = cache.generation
+    for i in range(5000):  # more deletions than are remembered one by one
+        cache.delete(f"k{i}")
+    cache.set("never-deleted", record(), fetched_at=fetched)
+    assert cache.get("never-deleted") is None  # cannot tell any more: not stored
