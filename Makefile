@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile clean
+.PHONY: install serve test lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,3 +59,15 @@ bench-hostile: $(STAMP)  ## hostile inputs: status, latency, peak RSS
 
 bench-gateway: $(STAMP)  ## cache-hit /segment over HTTP against a direct decoder call; cold vs warm /embed
 	$(BIN)/python bench/gateway.py
+
+bench-gpu: $(STAMP)  ## one-shot GPU benchmark: model at every precision, Triton end to end (bench/gpu.sh)
+	bench/gpu.sh
+
+bench-gpu-dry-run: $(STAMP)  ## the same path on the CPU, small (< 2 minutes; CI runs it)
+	bench/gpu.sh --dry-run --out build/bench/gpu-dry-run
+
+bench-memory: $(STAMP)  ## peak memory of decoding a 50 MP PNG and 8 concurrent 12 MP JPEGs, before/after
+	$(BIN)/python bench/decode_memory.py
+
+bench-failures: $(STAMP)  ## hung Triton, overload, Redis down, DELETE across replicas
+	$(BIN)/python bench/failure_modes.py

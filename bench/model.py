@@ -1,7 +1,7 @@
 """Encoder and decoder speed of the project's model against a float32 baseline.
 
 The baseline is the same network with the reference's explicit-softmax
-attention (defined here, below), run in float32 on the same machine in the
+attention (``service.devtools.benchmarking``), run in float32 on the same machine in the
 same process; the two are timed alternately so that machine noise hits both.
 
     python bench/model.py                       # CPU: Ti, encoder batch 1, decoder 1 and 8 prompts
@@ -14,37 +14,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
 
-from service.model import EfficientSam, Precision, random_model
-from service.model._layers import AttentionBase
-
-
-def explicit_softmax_attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """The reference's formulation: materialise the full attention matrix."""
-    attn = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-    return attn.softmax(dim=-1) @ v
-
-
-def as_baseline(model: EfficientSam) -> EfficientSam:
-    baseline = random_model(model.config.variant)
-    baseline.load_state_dict(model.state_dict())
-    for module in baseline.modules():
-        if isinstance(module, AttentionBase):
-            module.attend = explicit_softmax_attend
-    return baseline.to(model.device).eval()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from service.devtools.benchmarking import as_baseline, sync
+from service.model import Precision, random_model
 
 
 def time_pair(

@@ -1,12 +1,20 @@
 """Encoder throughput and latency against concurrency, directly against Triton and
 through the gateway, with requests per model execution (dynamic batching).
 
-Starts a local Triton on CPU (``service.devtools.triton``: the CPU config
-derived from the production one) and, for the gateway rows, the real gateway (``python -m service`` with ``ESAM_ENCODER=triton``). Every
-request carries a new image, so nothing is served from a cache.
+Starts a local Triton on CPU (``service.devtools.triton``: the CPU configs derived
+from the production ones) and, for the gateway rows, the real gateway (``python -m
+service`` with ``ESAM_ENCODER=triton``). Every request carries a new 1080p JPEG, so
+nothing is served from a cache. In one run:
+
+* Triton direct, **before**: the client decodes and resizes, and sends the FP32
+  ``[3, 1024, 1024]`` tensor to ``efficientsam_encoder`` (what the gateway did);
+* Triton direct, **after**: the client sends the JPEG's bytes to the ``efficientsam``
+  ensemble (preprocessing beside the encoder);
+* bytes per request on the wire for both (the gRPC request's protobuf size);
+* the gateway's CPU time per cold ``/embed`` (new image) against a warm one (cache hit).
 
     python bench/triton.py                                  # CPU, fixture checkpoint or random
-    python bench/triton.py --concurrency 1 4 16 64 --requests 64
+    python bench/triton.py --concurrency 1 4 16 --requests 16
     python bench/triton.py --protocols                      # gRPC vs HTTP client overhead
 """
 
@@ -14,54 +22,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import platform
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
-from PIL import Image
 
+from service.devtools.benchmarking import bytes_input, drive, photo_jpeg
 from service.devtools.gateway_process import GatewayProcess
 from service.devtools.redis_server import free_port
-from service.devtools.triton import LocalTriton
-from service.devtools.triton_config import MODEL
+from service.devtools.triton import LocalTriton, grpc_request_of
+from service.devtools.triton_config import ENSEMBLE, MODEL
+from service.model.preprocess import load_for_model
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))
 CHECKPOINT = FIXTURE / "efficientsam-ti-seed0" / "efficient_sam_vitt_random_seed0.pt"
 
 
-async def drive(
-    call: Callable[[int], Awaitable[None]], total: int, concurrency: int
-) -> tuple[float, list[float]]:
-    """Run ``total`` calls with ``concurrency`` workers; return wall time and latencies."""
-    latencies: list[float] = []
-    todo = list(range(total))
-
-    async def worker() -> None:
-        while todo:
-            index = todo.pop()
-            start = time.perf_counter()
-            await call(index)
-            latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - start, latencies
+def pixels_input(data: bytes) -> grpcclient.InferInput:
+    """What the gateway sent before: decoded and resized here, FP32 on the wire."""
+    tensor = grpcclient.InferInput("pixels", [1, 3, 1024, 1024], "FP32")
+    tensor.set_data_from_numpy(load_for_model(data)[None].numpy())
+    return tensor
 
 
-def jpeg(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (60, 107, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).resize((1072, 603)).save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
+def wire_bytes(data: bytes) -> list[str]:
+    rows = []
+    for label, model, make in (
+        ("before: FP32 tensor to efficientsam_encoder", MODEL, pixels_input),
+        ("after: the JPEG to the efficientsam ensemble", ENSEMBLE, bytes_input),
+    ):
+        size = grpc_request_of(make(data), [], model).ByteSize()
+        rows.append(f"| {label} | {size:,} | {size - len(data):+,} |")
+    return rows
 
 
 def row(path: str, c: int, n: int, wall: float, lat: list[float], execs: float) -> str:
@@ -72,37 +71,77 @@ def row(path: str, c: int, n: int, wall: float, lat: list[float], execs: float) 
 
 
 async def bench_direct(
-    server: LocalTriton, levels: list[int], requests: int, dtype: str
+    server: LocalTriton, levels: list[int], requests: int, path: str
 ) -> list[str]:
+    """``path``: "pixels" (before) or "bytes" (after)."""
     rows = []
-    np_dtype = {"FP32": np.float32, "FP16": np.float16}[dtype]
-    pixels = [
-        np.random.default_rng(i).random((1, 3, 1024, 1024), dtype=np.float32).astype(np_dtype)
-        for i in range(8)
-    ]
+    seed = iter(range(20_000, 1_000_000))
+    model, make = (MODEL, pixels_input) if path == "pixels" else (ENSEMBLE, bytes_input)
     async with grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://")) as client:
-
-        async def call(index: int) -> None:
-            tensor = grpcclient.InferInput("pixels", [1, 3, 1024, 1024], dtype)
-            tensor.set_data_from_numpy(pixels[index % len(pixels)])
-            await client.infer(MODEL, [tensor])
-
-        await call(0)
         for c in levels:
             n = max(requests, c)
+            images = [photo_jpeg(next(seed)) for _ in range(n + 1)]
+
+            async def call(index: int, images: list[bytes] = images) -> None:
+                # "before" includes the client's decode + resize: the gateway's work then
+                tensor = await asyncio.to_thread(make, images[index])
+                await client.infer(model, [tensor])
+
+            await call(n)  # warm-up
             before = server.counter("nv_inference_exec_count")
             wall, lat = await drive(call, n, c)
+            label = (
+                "before: client decodes, FP32 tensor → encoder"
+                if path == "pixels"
+                else "after: JPEG bytes → ensemble"
+            )
             rows.append(
-                row(
-                    "Triton direct (gRPC)",
-                    c,
-                    n,
-                    wall,
-                    lat,
-                    server.counter("nv_inference_exec_count") - before,
-                )
+                row(label, c, n, wall, lat, server.counter("nv_inference_exec_count") - before)
             )
     return rows
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def gateway_cpu(server: LocalTriton, checkpoint: str, images: int) -> list[str]:
+    """The gateway process's CPU time per cold /embed (new 1080p JPEG) and per warm one."""
+    gateway = GatewayProcess(
+        {
+            "ESAM_CHECKPOINT": checkpoint,
+            "ESAM_ENCODER": "triton",
+            "ESAM_TRITON_URL": server.grpc_url,
+            "ESAM_ENCODE_TIMEOUT_S": "600",
+        }
+    )
+    gateway.start()
+    data = [photo_jpeg(900_000 + i) for i in range(images)]
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=900) as client:
+
+            async def embed_all() -> float:
+                start = cpu_seconds(gateway.pid)
+                for image in data:
+                    r = await client.post(
+                        "/embed", content=image, headers={"Content-Type": "image/jpeg"}
+                    )
+                    r.raise_for_status()
+                return (cpu_seconds(gateway.pid) - start) / len(data)
+
+            await client.post(
+                "/embed", content=photo_jpeg(1), headers={"Content-Type": "image/jpeg"}
+            )
+            cold = await embed_all()
+            warm = await embed_all()
+    finally:
+        gateway.stop()
+    return [
+        f"| cold /embed (new image, encoded in Triton) | {cold * 1e3:.1f} |",
+        f"| warm /embed (cache hit) | {warm * 1e3:.1f} |",
+        f"| ratio cold / warm | {cold / warm:.2f}× |",
+    ]
 
 
 async def bench_gateway(
@@ -124,7 +163,7 @@ async def bench_gateway(
         async with httpx.AsyncClient(base_url=gateway.url, timeout=900) as client:
             for c in levels:
                 n = max(requests, c)
-                images = [jpeg(next(seed)) for _ in range(n)]
+                images = [photo_jpeg(next(seed)) for _ in range(n)]
 
                 async def call(index: int, images: list[bytes] = images) -> None:
                     r = await client.post(
@@ -185,12 +224,16 @@ async def main() -> None:
     parser.add_argument(
         "--checkpoint", default=str(CHECKPOINT) if CHECKPOINT.exists() else "random"
     )
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument(
         "--requests", type=int, default=16, help="per level (at least the concurrency)"
     )
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--skip-gateway", action="store_true")
+    parser.add_argument(
+        "--skip-throughput", action="store_true", help="only the bytes and CPU figures"
+    )
+    parser.add_argument("--cpu-images", type=int, default=12, help="images for the CPU figure")
     parser.add_argument("--protocols", action="store_true", help="also compare gRPC and HTTP")
     args = parser.parse_args()
 
@@ -203,13 +246,15 @@ async def main() -> None:
             metrics_port=free_port(),
             max_batch=args.max_batch,
             queue_delay_us=5000,
+            output="fp16",  # the production output: what the gateway receives and caches
             log_path=Path(workdir) / "triton.log",
         )
         server.start()
         try:
             print(
                 f"# {platform.machine()}, {os.cpu_count()} cores; local Triton 2.51 on CPU "
-                f"(python backend, fp32 wire, max_batch {args.max_batch}); "
+                f"(python backend, fp32 between preprocessing and encoder, fp16 out, "
+                f"max_batch {args.max_batch}); "
                 f"checkpoint {Path(args.checkpoint).name}"
             )
             print(
@@ -217,12 +262,24 @@ async def main() -> None:
                 "| requests per execution |"
             )
             print("| --- | --- | --- | --- | --- | --- | --- |")
-            for line in await bench_direct(server, args.concurrency, args.requests, "FP32"):
-                print(line, flush=True)
-            if not args.skip_gateway:
+            for path in ("pixels", "bytes") if not args.skip_throughput else ():
+                for line in await bench_direct(server, args.concurrency, args.requests, path):
+                    print(line, flush=True)
+            if not args.skip_gateway and not args.skip_throughput:
                 for line in await bench_gateway(
                     server, args.concurrency, args.requests, args.checkpoint
                 ):
+                    print(line, flush=True)
+            sample = photo_jpeg(7)
+            print(
+                f"\n| bytes to Triton per 1080p JPEG ({len(sample):,} B) | request | over the file |"
+            )
+            print("| --- | --- | --- |")
+            for line in wire_bytes(sample):
+                print(line)
+            if not args.skip_gateway:
+                print("\n| gateway CPU per request | ms |\n| --- | --- |")
+                for line in await gateway_cpu(server, args.checkpoint, args.cpu_images):
                     print(line, flush=True)
             if args.protocols:
                 print(

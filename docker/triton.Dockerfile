@@ -19,10 +19,9 @@ RUN pip install --no-deps . \
     && rm -rf /opt/efficientsam/service
 
 COPY model_repository /models
-# The CPU configuration for laptops (docker-compose.cpu.yml), derived from the
-# production config.pbtxt by the same code as `make triton`.
-RUN python -m service.devtools.triton_config --source /models \
-        --out /models/efficientsam_encoder/configs/cpu.pbtxt \
+# The CPU configurations for laptops (docker-compose.cpu.yml), derived from the
+# production config.pbtxt files by the same code as `make triton`.
+RUN python -m service.devtools.triton_config --repository /models \
     && chown -R 1000:1000 /models
 
 # triton-server (uid 1000 in the NGC image)

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     decoder_device: str = "cpu"
     max_concurrent_decodes: int = Field(default=2, ge=1, le=256)
     triton_url: str = "grpc://127.0.0.1:8001"
-    triton_model: str = "efficientsam_encoder"
+    triton_model: str = "efficientsam"
 
     # --- cache ---------------------------------------------------------------
     cache: Literal["memory", "redis"] = "memory"

@@ -50,9 +50,14 @@ class Embedding:
 
     @classmethod
     def from_float32(
-        cls, array: NDArray[np.float32], width: int, height: int, dtype: EmbeddingDtype
+        cls, array: NDArray[np.floating[Any]], width: int, height: int, dtype: EmbeddingDtype
     ) -> Embedding:
-        return cls(np.ascontiguousarray(array.reshape(EMBEDDING_SHAPE), dtype=dtype), width, height)
+        """From an encoder's output (float32, or float16: converted only if ``dtype`` differs).
+
+        The record owns writable memory (a response buffer is read-only): copied if needed.
+        """
+        own = np.ascontiguousarray(array.reshape(EMBEDDING_SHAPE), dtype=dtype)
+        return cls(own if own.flags.writeable else own.copy(), width, height)
 
     def to_bytes(self) -> bytes:
         header = _HEADER.pack(

@@ -3,7 +3,8 @@
 The order of work for a new image bounds what a request can cost: hash, cache
 lookup, join an encode already running for it, read the header (format, size,
 pixel limit, the caller's prompt checks), take a pending-encode slot (429 when
-none is left), and only then decode (a bounded number at once) and encode.
+none is left), and only then hand the bytes to the encoder, which decodes them
+where it runs (in this process, or beside the model in Triton).
 Nothing is cached unless the whole encode succeeded.
 """
 
@@ -13,12 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import numpy as np
-import torch
-from numpy.typing import NDArray
 
 from service.core.admission import Admission, Slot
 from service.core.cache import EmbeddingCache
@@ -27,7 +23,7 @@ from service.core.embedding import Embedding, EmbeddingDtype, image_id_of
 from service.core.encoders import Encoder
 from service.core.metrics import Metrics
 from service.errors import ImageTooLargeError
-from service.model.preprocess import ImageHeader, load_for_model, read_header
+from service.model.preprocess import ImageHeader, read_header
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +51,7 @@ class EmbeddingService:
         admission: Admission,
         max_image_bytes: int,
         max_image_pixels: int,
-        max_concurrent_decodes: int,
         lock_wait_s: float,
-        img_size: int = 1024,
     ) -> None:
         self.encoder = encoder
         self.cache = cache
@@ -67,12 +61,7 @@ class EmbeddingService:
         self._max_image_bytes = max_image_bytes
         self._max_image_pixels = max_image_pixels
         self.admission = admission
-        # its own threads: at most this many decodes at once, each holding its image
-        self._decode_pool = ThreadPoolExecutor(
-            max_concurrent_decodes, thread_name_prefix="esam-image-decode"
-        )
         self._lock_wait_s = lock_wait_s
-        self._img_size = img_size
         self._inflight: dict[str, asyncio.Task[Embedding]] = {}
 
     def key(self, image_id: str) -> str:
@@ -165,28 +154,10 @@ class EmbeddingService:
         return None
 
     async def _encode_and_store(self, key: str, data: bytes, header: ImageHeader) -> Embedding:
-        pixels = await self._pixels(data)
         start = time.perf_counter()
-        out = await self.encoder.encode(pixels)  # the encoder owns the deadline
+        out = await self.encoder.encode(data, header)  # the encoder owns the deadline
         self._metrics.encoder_images.inc()
         log.debug("encoded %s in %.3fs", key, time.perf_counter() - start)
-        embedding = Embedding.from_float32(out, header.width, header.height, self._dtype)
+        embedding = Embedding.from_float32(out.embedding, out.width, out.height, self._dtype)
         await self.cache.put(key, embedding)
         return embedding
-
-    async def _pixels(self, data: bytes) -> NDArray[np.float32]:
-        """Decode and resize on the decode pool (``max_concurrent_decodes`` threads)."""
-        loop = asyncio.get_running_loop()
-        tensor = await loop.run_in_executor(self._decode_pool, self._decode, data)
-        pixels: NDArray[np.float32] = tensor.numpy()
-        return pixels
-
-    def _decode(self, data: bytes) -> torch.Tensor:
-        self._metrics.image_decodes.inc()
-        try:
-            return load_for_model(data, self._max_image_pixels, self._img_size)
-        finally:
-            self._metrics.image_decodes.dec()
-
-    def close(self) -> None:
-        self._decode_pool.shutdown(wait=True, cancel_futures=True)

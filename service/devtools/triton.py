@@ -1,8 +1,8 @@
 """A real local Triton Inference Server, from the ``nvidia-pytriton`` wheel, on CPU.
 
 ``python -m service.devtools.triton`` (``make triton``) derives a CPU model
-repository from ``model_repository/`` (the same ``model.py``; the config is
-rewritten: ``KIND_CPU``, fp32, the chosen wire dtypes and batching), starts
+repository from ``model_repository/`` (the same ``model.py`` files; the configs are
+rewritten: ``KIND_CPU``, fp32, the chosen dtypes and batching), starts
 the ``tritonserver`` bundled in ``nvidia-pytriton`` on the ports given, and
 waits until the model is ready. Tests use :class:`LocalTriton` directly.
 """
@@ -18,12 +18,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import httpx
 
 from service.devtools.prometheus import sample_sum
-from service.devtools.triton_config import DTYPES, MODEL, SOURCE_REPOSITORY, cpu_config
+from service.devtools.triton_config import (
+    DTYPES,
+    ENSEMBLE,
+    MODEL,
+    PIPELINE,
+    SOURCE_REPOSITORY,
+    cpu_configs,
+    gpu_configs,
+)
 
 REPO = SOURCE_REPOSITORY.parent
 
@@ -51,32 +59,40 @@ def prepare(
     max_batch: int = 2,
     queue_delay_us: int = 5000,
     extra_wires: tuple[str, ...] = (),
+    gpu: bool = False,
 ) -> tuple[Path, Path]:
     """Write the CPU model repository and a backends folder with the Python stub.
 
-    ``extra_wires`` adds one more model per wire dtype (``efficientsam_encoder_<wire>``,
-    same code, output FP32), so that one server can compare wire formats.
+    With ``gpu``, the production (GPU) configurations are used as they are, but for
+    the checkpoint path and ``max_batch``.
+
+    The pipeline (``efficientsam`` = ``efficientsam_preprocess`` → ``efficientsam_encoder``);
+    ``extra_wires`` adds one more pipeline per dtype of the tensor between preprocessing
+    and encoder (``efficientsam_<wire>``, output FP32), so that one server can compare them.
     """
     repository = workdir / "model_repository"
     shutil.rmtree(repository, ignore_errors=True)
-    models = {MODEL: (wire, output), **{f"{MODEL}_{w}": (w, "fp32") for w in extra_wires}}
-    for name, (model_wire, model_output) in models.items():
-        model_dir = repository / name
-        shutil.copytree(
-            SOURCE_REPOSITORY / MODEL,
-            model_dir,
-            ignore=shutil.ignore_patterns("__pycache__", "config.pbtxt"),
-        )
-        config = cpu_config(
+    pipelines = {"": (wire, output), **{f"_{w}": (w, "fp32") for w in extra_wires}}
+    for suffix, (model_wire, model_output) in pipelines.items():
+        configs = cpu_configs(
             wire=model_wire,
             output=model_output,
             max_batch=max_batch,
             queue_delay_us=queue_delay_us,
             checkpoint=checkpoint,
+            preprocess_instances=1 if suffix else 2,
+            suffix=suffix,
         )
-        (model_dir / "config.pbtxt").write_text(
-            config.replace(f'name: "{MODEL}"', f'name: "{name}"')
-        )
+        if gpu:
+            configs = gpu_configs(checkpoint=checkpoint, max_batch=max_batch)
+        for name in PIPELINE:
+            model_dir = repository / f"{name}{suffix}"
+            shutil.copytree(
+                SOURCE_REPOSITORY / name,
+                model_dir,
+                ignore=shutil.ignore_patterns("__pycache__", "config.pbtxt", "configs"),
+            )
+            (model_dir / "config.pbtxt").write_text(configs[f"{name}{suffix}"])
     root = pytriton_root()
     backends = workdir / "backends"
     python_backend = backends / "python"
@@ -109,14 +125,15 @@ class LocalTriton:
     log_path: Path | None = None
     address: str = "127.0.0.1"
     extra_wires: tuple[str, ...] = ()
+    gpu: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _prepared: tuple[Path, Path] | None = field(default=None, init=False)
     _log: BinaryIO | None = field(default=None, init=False)
 
     @staticmethod
     def model_for_wire(wire: str) -> str:
-        """Name of the extra model that takes ``wire`` (see ``extra_wires``)."""
-        return f"{MODEL}_{wire}"
+        """Name of the extra pipeline whose encoder takes ``wire`` (see ``extra_wires``)."""
+        return f"{ENSEMBLE}_{wire}"
 
     @property
     def grpc_url(self) -> str:
@@ -136,6 +153,7 @@ class LocalTriton:
                 max_batch=self.max_batch,
                 queue_delay_us=self.queue_delay_us,
                 extra_wires=self.extra_wires,
+                gpu=self.gpu,
             )
         repository, backends = self._prepared
         root = pytriton_root()
@@ -168,7 +186,7 @@ class LocalTriton:
                 f"--grpc-address={self.address}",
                 f"--metrics-address={self.address}",
                 "--allow-metrics=true",
-                "--allow-gpu-metrics=false",
+                f"--allow-gpu-metrics={'true' if self.gpu else 'false'}",
                 "--allow-cpu-metrics=false",
                 "--log-verbose=0",
                 "--exit-on-error=true",
@@ -199,7 +217,7 @@ class LocalTriton:
                 pass
             time.sleep(0.25)
         self.stop()
-        raise TritonNotAvailableError(f"{MODEL} was not ready within {timeout_s:g}s")
+        raise TritonNotAvailableError(f"{ENSEMBLE} was not ready within {timeout_s:g}s")
 
     def stop(self) -> None:
         if self.process is None:
@@ -226,6 +244,26 @@ class LocalTriton:
     def counter(self, metric: str, model: str = MODEL) -> float:
         """One of Triton's per-model counters (``nv_inference_exec_count``, ...)."""
         return sample_sum(self.metrics_text(), metric, model=model)
+
+
+def grpc_request_of(infer_input: Any, outputs: list[Any], model: str = ENSEMBLE) -> Any:
+    """The ``ModelInferRequest`` protobuf tritonclient sends for these inputs (its size is
+    what travels to Triton per image)."""
+    from tritonclient.grpc._utils import _get_inference_request
+
+    return _get_inference_request(
+        model_name=model,
+        inputs=[infer_input],
+        model_version="",
+        request_id="",
+        outputs=outputs,
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=None,
+        parameters=None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,6 @@ class ServingState:
     async def close(self) -> None:
         await self.decoder.close()
         await self.encoder.close()
-        self.embeddings.close()
         await self.embeddings.cache.close()
 
 
@@ -62,6 +61,8 @@ def _build_encoder(settings: Settings, loaded: LoadedModel, metrics: Metrics) ->
         precision=settings.encoder_precision,
         max_batch=settings.encoder_max_batch,
         timeout_s=settings.encode_timeout_s,
+        max_concurrent_decodes=settings.max_concurrent_image_decodes,
+        max_image_pixels=settings.max_image_pixels,
         metrics=metrics,
     )
 
@@ -93,9 +94,7 @@ async def init_state(settings: Settings, checkpoint: str, metrics: Metrics) -> S
         admission=Admission(settings.max_pending_encodes, metrics),
         max_image_bytes=settings.max_image_bytes,
         max_image_pixels=settings.max_image_pixels,
-        max_concurrent_decodes=settings.max_concurrent_image_decodes,
         lock_wait_s=settings.lock_wait,
-        img_size=loaded.model.config.img_size,
     )
     decoder = Decoder(
         loaded.model, max_concurrency=settings.max_concurrent_decodes, metrics=metrics

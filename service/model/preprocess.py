@@ -279,6 +279,30 @@ def resize_to_model(image: RowSource | RGBImage, size: int = 1024) -> torch.Tens
     return out.permute(2, 0, 1).contiguous()
 
 
+def orient_chw(chw: torch.Tensor, orientation: int) -> torch.Tensor:
+    """EXIF orientation on a ``[C, H, W]`` tensor (any device), as ``ImageOps.exif_transpose``.
+
+    For pixels decoded elsewhere (nvJPEG on a GPU); :class:`UprightImage` does the same on
+    the host, band by band.
+    """
+    rows, cols = -2, -1
+    if orientation == 2:
+        return chw.flip(cols)
+    if orientation == 3:
+        return chw.flip(rows).flip(cols)
+    if orientation == 4:
+        return chw.flip(rows)
+    if orientation == 5:
+        return chw.transpose(rows, cols)
+    if orientation == 6:
+        return chw.rot90(-1, (rows, cols))  # 90° clockwise
+    if orientation == 7:
+        return chw.flip(rows).flip(cols).transpose(rows, cols)
+    if orientation == 8:
+        return chw.rot90(1, (rows, cols))  # 90° counter-clockwise
+    return chw
+
+
 def load_for_model(data: bytes, max_pixels: int | None = None, size: int = 1024) -> torch.Tensor:
     """Bytes → ``[3, size, size]`` model input, decoding once in bounded extra memory."""
     return resize_to_model(open_image(data, max_pixels), size)
@@ -294,6 +318,7 @@ __all__ = [
     "decode_image",
     "load_for_model",
     "open_image",
+    "orient_chw",
     "read_header",
     "resize_to_model",
 ]

@@ -33,3 +33,13 @@ def test_corrupt_records_are_refused() -> None:
 
 def test_image_id_is_sha256_hex() -> None:
     assert image_id_of(b"abc") == hashlib.sha256(b"abc").hexdigest()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_read_only_response_buffer_becomes_a_writable_record(dtype: EmbeddingDtype) -> None:
+    raw = np.zeros((256, 64, 64), dtype=dtype).tobytes()  # as a Triton response holds it
+    frozen = np.frombuffer(raw, dtype=dtype).reshape(256, 64, 64)
+    assert not frozen.flags.writeable
+    record = Embedding.from_float32(frozen, 4, 4, dtype)
+    assert record.array.flags.writeable
+    assert record.as_float32().flags.writeable  # what the decoder hands to torch

@@ -120,9 +120,7 @@ def test_compose_start_order_and_redis_policy(compose: dict[str, Any]) -> None:
     assert (
         services["triton"]["depends_on"]["weights"]["condition"] == "service_completed_successfully"
     )
-    assert "/v2/models/efficientsam_encoder/ready" in " ".join(
-        services["triton"]["healthcheck"]["test"]
-    )
+    assert "/v2/models/efficientsam/ready" in " ".join(services["triton"]["healthcheck"]["test"])
     redis_args = services["redis"]["command"]
     assert redis_args[redis_args.index("--maxmemory-policy") + 1] == "allkeys-lru"
     assert redis_args[redis_args.index("--save") + 1] == ""

@@ -8,7 +8,6 @@ import hashlib
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import redis
 
@@ -237,13 +236,14 @@ async def test_an_encode_longer_than_the_lock_ttl_keeps_its_lock(
     gateway_factory: GatewayFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lock is renewed while encoding: a slow encode is not started twice by two replicas."""
-    from service.core.encoders.local import LocalEncoder
+    from service.core.encoders import EncodedImage, LocalEncoder
+    from service.model.preprocess import ImageHeader
 
     real_encode = LocalEncoder.encode
 
-    async def slow_encode(self: LocalEncoder, pixels: np.ndarray) -> np.ndarray:
+    async def slow_encode(self: LocalEncoder, data: bytes, header: ImageHeader) -> EncodedImage:
         await asyncio.sleep(3.0)  # three lock TTLs
-        return await real_encode(self, pixels)
+        return await real_encode(self, data, header)
 
     monkeypatch.setattr(LocalEncoder, "encode", slow_encode)
     image = png_bytes(seed=71)

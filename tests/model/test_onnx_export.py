@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -60,3 +61,40 @@ def test_decoder_matches_fixture_with_dynamic_prompts(
     assert array_failures(actual, expected) == []
     one_logits, _ = session.run(None, {**feeds, "points": points[:1], "labels": labels[:1]})
     np.testing.assert_allclose(one_logits[0], logits[0], atol=5e-4)
+
+
+def attention_patterns(path: Path) -> list[tuple[str, str, str, str]]:
+    """For each Softmax: (what feeds the first MatMul's operands, the Softmax's producer,
+    its consumer). TensorRT fuses MatMul → Softmax → MatMul into one attention kernel only
+    when Q or K (or both, by √scale) is scaled *before* the first MatMul."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def made_by(name: str) -> str:
+        node = producer.get(name)
+        while node is not None and node.op_type in ("Transpose", "Reshape", "Squeeze"):
+            node = producer.get(node.input[0])  # look through layout-only ops
+        return node.op_type if node is not None else "input"
+
+    found = []
+    for node in graph.node:
+        if node.op_type != "Softmax":
+            continue
+        scores = producer[node.input[0]]
+        (after,) = consumers[node.output[0]]
+        found.append(
+            (made_by(scores.input[0]), made_by(scores.input[1]), scores.op_type, after.op_type)
+        )
+    return found
+
+
+def test_encoder_attention_is_the_pattern_tensorrt_fuses(onnx_dir: Path) -> None:
+    patterns = attention_patterns(onnx_dir / "encoder.onnx")
+    assert len(patterns) == 12  # one per ViT block
+    for q_source, k_source, before, after in patterns:
+        assert (before, after) == ("MatMul", "MatMul")  # nothing between the BMMs and Softmax
+        assert "Mul" in (q_source, k_source)  # the scale is applied to q and/or k first

@@ -16,6 +16,7 @@ from service.model.preprocess import (
     decode_image,
     load_for_model,
     open_image,
+    orient_chw,
     read_header,
     resize_to_model,
 )
@@ -169,6 +170,9 @@ def test_every_exif_orientation_band_by_band(orientation: int) -> None:
     assert (image.height, image.width) == expected.shape[:2]
     bands = [image.rows(top, min(top + 5, image.height)) for top in range(0, image.height, 5)]
     np.testing.assert_array_equal(np.concatenate(bands), expected)
+    stored = torch.from_numpy(PIXELS).permute(2, 0, 1)  # as a GPU decoder would hand it over
+    oriented = orient_chw(stored, orientation).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(oriented, expected)
     header = read_header(data)
     assert (header.width, header.height, header.orientation) == (
         expected.shape[1],

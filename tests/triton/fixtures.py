@@ -41,9 +41,9 @@ def start_triton(workdir: Path, checkpoint: Path, **options: Any) -> LocalTriton
 
 @pytest.fixture(scope="session")
 def triton(fixture: Fixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
-    """FP32-wire model plus FP16 and UINT8 variants, for the whole session."""
+    """The pipeline with FP32 between preprocessing and encoder, plus an FP16 variant."""
     server = start_triton(
-        tmp_path_factory.mktemp("triton"), fixture.checkpoint, extra_wires=("fp16", "uint8")
+        tmp_path_factory.mktemp("triton"), fixture.checkpoint, extra_wires=("fp16",)
     )
     try:
         yield server

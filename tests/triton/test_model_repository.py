@@ -12,7 +12,15 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from service.devtools.triton_config import SOURCE_REPOSITORY, cpu_config
+from service.devtools.triton_config import (
+    DTYPES,
+    ENSEMBLE,
+    MODEL,
+    PREPROCESS,
+    SOURCE_REPOSITORY,
+    cpu_config,
+    cpu_configs,
+)
 from service.model import EfficientSam
 from service.model.onnx_export import export_encoder
 
@@ -38,6 +46,43 @@ def test_production_configs(name: str) -> None:
     assert config.dynamic_batching.max_queue_delay_microseconds > 0
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
     assert not list((SOURCE_REPOSITORY / name).rglob("*.pt"))  # weights are never in git
+
+
+def test_the_ensemble_takes_bytes_and_its_steps_fit_together() -> None:
+    ensemble = load_config((SOURCE_REPOSITORY / ENSEMBLE / "config.pbtxt").read_text())
+    preprocess = load_config((SOURCE_REPOSITORY / PREPROCESS / "config.pbtxt").read_text())
+    encoder = load_config((SOURCE_REPOSITORY / MODEL / "config.pbtxt").read_text())
+    assert ensemble.platform == "ensemble"
+    assert [(i.name, i.data_type, list(i.dims)) for i in ensemble.input] == [
+        ("image", mc.TYPE_STRING, [1])
+    ]
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [PREPROCESS, MODEL]
+    outputs = {o.name: o for o in ensemble.output}
+    assert outputs["embeddings"].data_type == encoder.output[0].data_type == mc.TYPE_FP16
+    assert outputs["size"].data_type == mc.TYPE_INT32
+    pixels = next(o for o in preprocess.output if o.name == "pixels")
+    assert pixels.data_type == encoder.input[0].data_type  # the tensor between the two steps
+    assert list(pixels.dims) == list(encoder.input[0].dims)
+    assert ensemble.max_batch_size <= min(preprocess.max_batch_size, encoder.max_batch_size)
+    # on a GPU the preprocessed tensor stays on the device into the encoder
+    assert encoder.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+    assert [g.kind for g in preprocess.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+
+
+@pytest.mark.parametrize("wire", ["fp32", "fp16"])
+def test_cpu_configs_of_the_pipeline_agree(wire: str) -> None:
+    configs = {
+        name: load_config(text)
+        for name, text in cpu_configs(wire=wire, output="fp32", max_batch=4).items()
+    }
+    assert set(configs) == {ENSEMBLE, PREPROCESS, MODEL}
+    pixels = next(o for o in configs[PREPROCESS].output if o.name == "pixels")
+    assert pixels.data_type == configs[MODEL].input[0].data_type == DTYPES[wire]
+    embeddings = next(o for o in configs[ENSEMBLE].output if o.name == "embeddings")
+    assert embeddings.data_type == configs[MODEL].output[0].data_type == mc.TYPE_FP32
+    for name in (PREPROCESS, MODEL):
+        assert [g.kind for g in configs[name].instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert {c.max_batch_size for c in configs.values()} == {4}
 
 
 def test_cpu_configuration_is_derived_not_duplicated() -> None:

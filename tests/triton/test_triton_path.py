@@ -13,8 +13,13 @@ import pytest
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from service.devtools.triton import LocalTriton
+from service.core.encoders import local as local_encoder
+from service.core.encoders.triton import TritonEncoder
+from service.core.metrics import Metrics
+from service.devtools.triton import LocalTriton, grpc_request_of
 from service.devtools.triton_config import MODEL
+from service.model import preprocess
+from service.model.preprocess import read_header
 from tests.conftest import Fixture
 from tests.gateway.fixtures import GatewayFactory
 from tests.gateway.test_errors import png_bytes
@@ -22,7 +27,7 @@ from tests.gateway.test_segment import decode_logits, fixture_prompts, rle_mask
 from tests.model.conformance import LOGITS_ATOL, array_failures, mask_iou, unpack_masks
 from tests.triton.fixtures import start_triton
 
-#: Bound for a reduced-precision wire (FP16 measures ≥ 0.9995, UINT8 ≥ 0.996 on the fixture).
+#: Bound for FP16 between preprocessing and encoder (it measures ≥ 0.9995 on the fixture).
 REDUCED_WIRE_MIN_IOU = 0.995
 
 
@@ -66,7 +71,7 @@ async def test_same_embeddings_and_masks_as_the_fixture(
             assert mask_iou(rle_mask(candidate), masks[q, k]) >= 0.99
 
 
-@pytest.mark.parametrize("wire", ["fp16", "uint8"])
+@pytest.mark.parametrize("wire", ["fp16"])
 async def test_reduced_precision_wire_keeps_the_masks(
     gateway_factory: GatewayFactory,
     triton: LocalTriton,
@@ -189,3 +194,53 @@ async def test_triton_down_gives_fast_503_then_recovers(
             assert (await gw.client.get("/readyz")).json()["encoder"] == "ok"
     finally:
         server.stop()
+
+
+async def test_an_image_that_fails_to_decode_in_triton_is_422(
+    gateway_factory: GatewayFactory, triton: LocalTriton, image_bytes: bytes
+) -> None:
+    broken = image_bytes[: len(image_bytes) // 3]  # the header is intact, the pixels are not
+    assert read_header(broken).width == 1072  # the gateway's own checks pass
+    async with gateway_factory(encoder="triton", triton_url=triton.grpc_url) as gw:
+        response = await gw.client.post(
+            "/embed", content=broken, headers={"Content-Type": "image/jpeg"}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid_image"
+        assert len(gw.state.embeddings.cache.l1) == 0  # nothing cached
+        assert gw.metric("esam_encoder_circuit_state") == 0  # an answer, not an outage
+        fine = await gw.client.post(
+            "/embed", content=png_bytes(seed=77), headers={"Content-Type": "image/png"}
+        )
+        assert fine.status_code == 200, fine.text
+
+
+async def test_the_gateway_only_reads_the_header_on_the_triton_path(
+    gateway_factory: GatewayFactory,
+    triton: LocalTriton,
+    image_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the gateway decoded an image")
+
+    for module in (preprocess, local_encoder):
+        for name in ("load_for_model", "open_image", "decode_image"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, no_decoding)
+    async with gateway_factory(encoder="triton", triton_url=triton.grpc_url) as gw:
+        response = await gw.client.post(
+            "/embed", content=image_bytes, headers={"Content-Type": "image/jpeg"}
+        )
+        assert response.status_code == 200, response.text
+        assert (response.json()["width"], response.json()["height"]) == (1072, 603)
+
+
+def test_an_image_travels_as_its_bytes(image_bytes: bytes) -> None:
+    """What the gateway puts on the wire: the file plus framing, not a 6-12 MiB tensor."""
+    encoder = TritonEncoder(
+        "grpc://127.0.0.1:1", model_name="efficientsam", timeout_s=1, metrics=Metrics()
+    )
+    infer_input, outputs = encoder._request(image_bytes)
+    request = grpc_request_of(infer_input, outputs)
+    assert len(image_bytes) < request.ByteSize() <= len(image_bytes) + 1024

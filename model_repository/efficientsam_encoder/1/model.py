@@ -1,10 +1,11 @@
 """Triton Python backend: the project's EfficientSAM image encoder.
 
-Inputs are images already resized to 1024x1024 by the gateway (``pixels``,
-``[B, 3, 1024, 1024]``, RGB in [0, 1] as FP32/FP16, or x255 as UINT8); the
-output is ``embeddings`` ``[B, 256, 64, 64]`` in the configured dtype. All
-requests of one execution run as one batch; a malformed request gets its own
-``TritonError`` and does not fail the others.
+Inputs are images already resized to 1024x1024 by ``efficientsam_preprocess``
+(``pixels``, ``[B, 3, 1024, 1024]``, RGB in [0, 1] as FP32/FP16, or x255 as
+UINT8), on the host or, with ``FORCE_CPU_ONLY_INPUT_TENSORS`` "no", already on
+the GPU (DLPack, no copy); the output is ``embeddings`` ``[B, 256, 64, 64]`` in
+the configured dtype. All requests of one execution run as one batch; a
+malformed request gets its own ``TritonError`` and does not fail the others.
 
 The checkpoint path comes from ``ESAM_CHECKPOINT`` or the ``checkpoint``
 parameter of ``config.pbtxt``; ``precision`` (fp32, bf16, fp16) applies on GPUs.
@@ -58,31 +59,39 @@ class TritonPythonModel:
             pb_utils.get_output_config_by_name(config, "embeddings")["data_type"]
         )
 
-    def _check(self, pixels: np.ndarray) -> str | None:
-        if pixels.ndim != 4 or pixels.shape[1:] != IMAGE_SHAPE:
+    def _check(self, pixels: torch.Tensor) -> str | None:
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != IMAGE_SHAPE:
             return f"pixels must be [N, 3, 1024, 1024], got {list(pixels.shape)}"
-        if pixels.dtype != np.uint8 and not np.isfinite(pixels).all():
+        if pixels.dtype != torch.uint8 and not bool(torch.isfinite(pixels).all()):
             return "pixels contain NaN or infinity"
         return None
 
+    @staticmethod
+    def _tensor(request: Any) -> torch.Tensor:
+        tensor = pb_utils.get_input_tensor_by_name(request, "pixels")
+        if tensor.is_cpu():
+            return torch.from_numpy(tensor.as_numpy())
+        return torch.utils.dlpack.from_dlpack(tensor.to_dlpack())  # stays on the GPU
+
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
-        batch: list[np.ndarray] = []
+        batch: list[torch.Tensor] = []
         owners: list[tuple[int, int]] = []  # (request index, images in it)
         for index, request in enumerate(requests):
-            pixels = pb_utils.get_input_tensor_by_name(request, "pixels").as_numpy()
+            pixels = self._tensor(request)
             problem = self._check(pixels)
             if problem is not None:
                 responses[index] = pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(problem)
+                    output_tensors=[],
+                    error=pb_utils.TritonError(problem, pb_utils.TritonError.INVALID_ARG),
                 )
                 continue
-            batch.append(pixels)
+            batch.append(pixels.to(self.device))
             owners.append((index, pixels.shape[0]))
         if not batch:
             return responses
 
-        stacked = torch.from_numpy(np.concatenate(batch)).to(self.device)
+        stacked = torch.cat(batch)
         stacked = stacked.float().div_(255.0) if stacked.dtype == torch.uint8 else stacked.float()
         try:
             with torch.inference_mode():

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from service.model.preprocess import ImageHeader
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """The embedding ``[256, 64, 64]`` (float32, or float16 as Triton's FP16 output comes)
+    and the size of the upright image."""
+
+    embedding: NDArray[np.floating[Any]]
+    width: int
+    height: int
+
 
 class Encoder(Protocol):
-    """Turns a resized image into its embedding.
+    """Turns an image file into its embedding.
 
-    ``encode`` takes ``[3, 1024, 1024]`` float32 RGB in [0, 1] (resized as the
-    reference, not normalised) and returns float32 ``[256, 64, 64]``. It
-    raises :class:`service.errors.EncoderUnavailableError` when the backend
-    cannot answer, and :class:`service.errors.OverloadedError` when it refuses
-    more work.
+    ``encode`` takes the file's bytes as uploaded and its header (already read and
+    checked by the caller: format, upright size, pixel limit). Where the image is
+    decoded and resized is the backend's business: in this process (``local``) or
+    beside the encoder in Triton (``triton``: only the bytes travel). It raises
+    :class:`service.errors.InvalidImageError` for an image that passed its header but
+    cannot be decoded, :class:`service.errors.EncoderUnavailableError` when the backend
+    cannot answer within its deadline (each backend owns the one deadline of an encode).
     """
 
     name: str
@@ -26,4 +41,4 @@ class Encoder(Protocol):
 
     async def ready(self) -> bool: ...
 
-    async def encode(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]: ...
+    async def encode(self, data: bytes, header: ImageHeader) -> EncodedImage: ...

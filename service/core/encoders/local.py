@@ -1,4 +1,4 @@
-"""In-process encoder: the project's model, micro-batched, on a dedicated thread."""
+"""In-process encoder: decode on a bounded pool, then the project's model, micro-batched."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import torch
 from numpy.typing import NDArray
 
 from service.core.batching import Batcher
+from service.core.encoders.base import EncodedImage
 from service.core.metrics import Metrics
 from service.errors import EncoderUnavailableError
 from service.model import EfficientSam, Precision
+from service.model.preprocess import ImageHeader, load_for_model
 
 
 class LocalEncoder:
@@ -26,12 +28,20 @@ class LocalEncoder:
         precision: Precision,
         max_batch: int,
         timeout_s: float,
+        max_concurrent_decodes: int,
+        max_image_pixels: int,
         metrics: Metrics,
     ) -> None:
         self._model = model
-        self.timeout_s = timeout_s
         self._precision = precision
         self._metrics = metrics
+        self.timeout_s = timeout_s
+        self._max_image_pixels = max_image_pixels
+        self._img_size = model.config.img_size
+        # its own threads: at most this many full-resolution decodes at once
+        self._decode_pool = ThreadPoolExecutor(
+            max_concurrent_decodes, thread_name_prefix="esam-image-decode"
+        )
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="esam-encoder")
         self._batcher: Batcher[NDArray[np.float32], NDArray[np.float32]] = Batcher(
             self._run, max_batch=max_batch
@@ -43,23 +53,40 @@ class LocalEncoder:
     async def close(self) -> None:
         await self._batcher.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._decode_pool.shutdown(wait=True, cancel_futures=True)
 
     async def ready(self) -> bool:
         return True
 
-    async def encode(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
-        """One encode within ``timeout_s`` (the only deadline on this path).
+    async def encode(self, data: bytes, header: ImageHeader) -> EncodedImage:
+        """Decode, resize and encode within ``timeout_s`` (the only deadline on this path).
 
-        The queue itself is unbounded: ``core.admission`` bounds the encodes pending in
-        this process before any image is decoded.
+        The batch queue itself is unbounded: ``core.admission`` bounds the encodes pending
+        in this process before any image is decoded.
         """
         try:
-            return await asyncio.wait_for(self._batcher.submit(pixels), self.timeout_s)
+            embedding = await asyncio.wait_for(self._encode(data), self.timeout_s)
         except TimeoutError as exc:
             self._metrics.encoder_errors.labels("timeout").inc()
             raise EncoderUnavailableError(
                 f"the encoder did not answer within {self.timeout_s:g}s"
             ) from exc
+        return EncodedImage(embedding, header.width, header.height)
+
+    async def _encode(self, data: bytes) -> NDArray[np.float32]:
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(self._decode_pool, self._decode, data)
+        return await self._batcher.submit(pixels)
+
+    def _decode(self, data: bytes) -> NDArray[np.float32]:
+        self._metrics.image_decodes.inc()
+        try:
+            pixels: NDArray[np.float32] = load_for_model(
+                data, self._max_image_pixels, self._img_size
+            ).numpy()
+            return pixels
+        finally:
+            self._metrics.image_decodes.dec()
 
     async def _run(self, batch: list[NDArray[np.float32]]) -> list[NDArray[np.float32]]:
         loop = asyncio.get_running_loop()

@@ -1,8 +1,11 @@
-"""Encoder in NVIDIA Triton Inference Server (model ``efficientsam_encoder``), via tritonclient.
+"""Encoder in NVIDIA Triton Inference Server (the ``efficientsam`` ensemble), via tritonclient.
 
 ``ESAM_TRITON_URL`` is ``grpc://host:8001`` (default scheme) or ``http://host:8000``.
-The wire dtype of the input (FP32, FP16 or UINT8) is read from the model's
-metadata, so the gateway follows whatever the deployed ``config.pbtxt`` says.
+Each new image travels as the file's bytes (one ``BYTES`` element): decoding and
+resizing run beside the encoder (``efficientsam_preprocess``), so the gateway
+sends the file's size plus a few bytes of framing, not a 6-12 MiB tensor, and
+gets back the embedding and the upright size. An image Triton cannot decode
+comes back as ``INVALID_ARG`` and becomes 422 ``invalid_image``.
 
 Failure policy: every encode has one deadline (``timeout_s``, owned here); a call
 that failed to reach Triton (``UNAVAILABLE``) is retried once within it, since
@@ -23,18 +26,19 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
-from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
 from service.core.circuit import BreakerState, Call, CircuitBreaker
+from service.core.encoders.base import EncodedImage
 from service.core.metrics import Metrics
-from service.errors import EncoderUnavailableError
+from service.errors import EncoderUnavailableError, InvalidImageError
+from service.model.preprocess import ImageHeader
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "pixels"
+INPUT_NAME = "image"
 OUTPUT_NAME = "embeddings"
-_WIRE_DTYPES: dict[str, Any] = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
+SIZE_NAME = "size"
 _GRPC_CHANNEL_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -42,6 +46,9 @@ _GRPC_CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
 ]
+#: Triton's answer that the request's input is unusable: for a BYTES image, one that passed
+#: the gateway's header checks but does not decode.
+_INVALID_INPUT_STATUS = frozenset({"StatusCode.INVALID_ARGUMENT", "400"})
 #: Status codes (as ``InferenceServerException.status()`` gives them) that mean "Triton,
 #: or its model, is not there": retried once and counted by the circuit breaker. NOT_FOUND
 #: is what a Triton that is shutting down (or still loading) answers. Every other status is
@@ -58,6 +65,14 @@ _UNREACHABLE_STATUS = frozenset(
     }
 )
 _PROBE_INTERVAL_S = 0.5
+
+
+def _invalid_input(exc: BaseException) -> bool:
+    return isinstance(exc, InferenceServerException) and str(exc.status()) in _INVALID_INPUT_STATUS
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc.message()) if isinstance(exc, InferenceServerException) else str(exc)
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -96,7 +111,7 @@ class TritonEncoder:
             on_change=lambda state: metrics.encoder_circuit_state.set(state.value)
         )
         self._client: Any = None
-        self._wire_dtype: str | None = None
+        self._model_checked = False
         self._probe: asyncio.Task[bool] | None = None
         self._last_probe = 0.0
 
@@ -137,44 +152,50 @@ class TritonEncoder:
             self._breaker.probe_succeeded()
         return ready
 
-    async def _wire(self) -> str:
-        if self._wire_dtype is None:
-            metadata = await self._client.get_model_metadata(self.model_name)
-            inputs = metadata["inputs"] if isinstance(metadata, dict) else metadata.inputs
-            first = inputs[0]
-            datatype = first["datatype"] if isinstance(first, dict) else first.datatype
-            if datatype not in _WIRE_DTYPES:
-                raise EncoderUnavailableError(f"the Triton model takes {datatype}, not supported")
-            self._wire_dtype = str(datatype)
-        return self._wire_dtype
+    async def _check_model(self) -> None:
+        """Once per connection: the model must take the image file's bytes."""
+        if self._model_checked:
+            return
+        metadata = await self._client.get_model_metadata(self.model_name)
+        inputs = metadata["inputs"] if isinstance(metadata, dict) else metadata.inputs
+        first = inputs[0]
+        datatype = first["datatype"] if isinstance(first, dict) else first.datatype
+        name = first["name"] if isinstance(first, dict) else first.name
+        if (name, datatype) != (INPUT_NAME, "BYTES"):
+            raise EncoderUnavailableError(
+                f"the Triton model {self.model_name!r} takes {name} ({datatype}); the gateway "
+                f"sends images as bytes to the 'efficientsam' ensemble (ESAM_TRITON_MODEL)"
+            )
+        self._model_checked = True
 
     # --- inference --------------------------------------------------------------------------
-    def _inputs(self, pixels: NDArray[np.float32], wire: str) -> tuple[Any, Any]:
+    def _request(self, data: bytes) -> tuple[Any, list[Any]]:
         module: Any = grpcclient if self.protocol == "grpc" else httpclient
-        if wire == "UINT8":
-            data = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
-        else:
-            data = pixels.astype(_WIRE_DTYPES[wire], copy=False)
-        infer_input = module.InferInput(INPUT_NAME, [1, *data.shape], wire)
+        infer_input = module.InferInput(INPUT_NAME, [1, 1], "BYTES")
+        image = np.array([[data]], dtype=np.object_)
         if self.protocol == "http":
-            infer_input.set_data_from_numpy(data[None], binary_data=True)
-            output = module.InferRequestedOutput(OUTPUT_NAME, binary_data=True)
+            infer_input.set_data_from_numpy(image, binary_data=True)
+            outputs = [
+                module.InferRequestedOutput(n, binary_data=True) for n in (OUTPUT_NAME, SIZE_NAME)
+            ]
         else:
-            infer_input.set_data_from_numpy(data[None])
-            output = module.InferRequestedOutput(OUTPUT_NAME)
-        return infer_input, output
+            infer_input.set_data_from_numpy(image)
+            outputs = [module.InferRequestedOutput(n) for n in (OUTPUT_NAME, SIZE_NAME)]
+        return infer_input, outputs
 
-    async def _infer_once(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
-        wire = await self._wire()
-        infer_input, output = self._inputs(pixels, wire)
-        result = await self._client.infer(self.model_name, [infer_input], outputs=[output])
+    async def _infer_once(self, data: bytes) -> EncodedImage:
+        await self._check_model()
+        infer_input, outputs = self._request(data)
+        result = await self._client.infer(self.model_name, [infer_input], outputs=outputs)
         embedding = result.as_numpy(OUTPUT_NAME)
-        if embedding is None:
+        size = result.as_numpy(SIZE_NAME)
+        if embedding is None or size is None:
             raise EncoderUnavailableError("Triton returned no embedding")
-        out: NDArray[np.float32] = embedding.reshape(256, 64, 64).astype(np.float32)
-        return out
+        width, height = (int(v) for v in size.reshape(-1)[:2])
+        # kept in the dtype it came in (FP16 in production: what the cache stores by default)
+        return EncodedImage(embedding.reshape(256, 64, 64), width, height)
 
-    async def encode(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+    async def encode(self, data: bytes, header: ImageHeader) -> EncodedImage:
         """One encode within ``timeout_s`` (the only deadline on this path)."""
         call = self._breaker.acquire()
         if call is None:
@@ -185,11 +206,11 @@ class TritonEncoder:
                 retry_after_s=self._breaker.retry_after_s(),
             )
         try:
-            return await self._encode(pixels, call)
+            return await self._encode(data, call)
         finally:
             call.abandon()  # cancelled: no verdict (a no-op after success/failure)
 
-    async def _encode(self, pixels: NDArray[np.float32], call: Call) -> NDArray[np.float32]:
+    async def _encode(self, data: bytes, call: Call) -> EncodedImage:
         deadline = time.monotonic() + self.timeout_s
         attempt = 0
         while True:
@@ -197,7 +218,7 @@ class TritonEncoder:
             start = time.perf_counter()
             try:
                 remaining = max(0.001, deadline - time.monotonic())
-                out = await asyncio.wait_for(self._infer_once(pixels), remaining)
+                out = await asyncio.wait_for(self._infer_once(data), remaining)
             except TimeoutError as exc:
                 call.failure()
                 self._metrics.encoder_errors.labels("timeout").inc()
@@ -208,6 +229,11 @@ class TritonEncoder:
                 call.success()  # Triton answered, with something unusable
                 raise
             except Exception as exc:
+                if _invalid_input(exc):
+                    call.success()  # Triton answered: this image does not decode
+                    raise InvalidImageError(
+                        f"the image could not be decoded: {_message(exc)}"
+                    ) from exc
                 if not _unreachable(exc):
                     # Triton answered with an error about this request: not retried, and
                     # no reason to stop sending it others
@@ -217,7 +243,7 @@ class TritonEncoder:
                     raise EncoderUnavailableError(
                         "the encoder failed on this request", retry_after_s=1
                     ) from exc
-                self._wire_dtype = None  # the server may come back with another config
+                self._model_checked = False  # the server may come back with another config
                 if attempt == 1 and deadline - time.monotonic() > 0.1:
                     await asyncio.sleep(0.05)
                     continue

@@ -1,0 +1,194 @@
+"""One-shot GPU benchmark: the model at every precision and batch, then Triton end to end.
+
+1. ``bench/model.py``'s encoder timing for Ti and S, fp32 / bf16 / fp16, batch 1 and 32
+   (fp32 also against the explicit-softmax baseline of the reference);
+2. tritonserver (from ``nvidia-pytriton``) with the production GPU configurations of
+   ``model_repository/`` (``efficientsam`` = preprocessing → encoder, bf16, FP16 between
+   them), driven with 1080p JPEG bytes at concurrency 1, 4, 16, 64: images/s, p50/p99,
+   requests per encoder execution;
+3. one JSON and one Markdown table in ``--out`` (default ``build/bench/gpu``).
+
+``--dry-run`` runs the same path on the CPU, small (Ti, fp32, batch 1 and 2, the CPU
+configurations, concurrency 1 and 2): a check that the script works, in CI.
+
+    bench/gpu.sh               # on a machine with one NVIDIA GPU
+    bench/gpu.sh --dry-run     # anywhere, < 2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.devtools.benchmarking import (
+    as_baseline,
+    bytes_input,
+    drive,
+    photo_jpeg,
+    time_encoder,
+)
+from service.devtools.redis_server import free_port
+from service.devtools.triton import LocalTriton
+from service.devtools.triton_config import ENSEMBLE, MODEL
+from service.model import Precision, Variant, random_model
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))
+CHECKPOINT = FIXTURE / "efficientsam-ti-seed0" / "efficient_sam_vitt_random_seed0.pt"
+
+
+def model_rows(device: torch.device, dry_run: bool) -> list[dict[str, Any]]:
+    torch.set_grad_enabled(False)
+    variants: list[Variant] = ["ti"] if dry_run else ["ti", "s"]
+    precisions: list[Precision] = ["fp32"] if dry_run else ["fp32", "bf16", "fp16"]
+    batches = [1, 2] if dry_run else [1, 32]
+    repeats = 1 if dry_run else 5
+    rows = []
+    for variant in variants:
+        model = random_model(variant).to(device).eval()
+        for batch in batches:
+            for precision in precisions:
+                seconds = time_encoder(model, precision, batch, repeats)
+                row: dict[str, Any] = {
+                    "variant": variant,
+                    "precision": precision,
+                    "batch": batch,
+                    "ms": round(seconds * 1e3, 2),
+                    "images_per_s": round(batch / seconds, 1),
+                }
+                if precision == "fp32":
+                    base = time_encoder(as_baseline(model), "fp32", batch, repeats)
+                    row["baseline_images_per_s"] = round(batch / base, 1)
+                    row["speed_up"] = round(base / seconds, 2)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+async def triton_rows(
+    server: LocalTriton, levels: list[int], per_level: int
+) -> list[dict[str, Any]]:
+    import tritonclient.grpc.aio as grpcclient
+
+    rows = []
+    seed = iter(range(50_000, 10_000_000))
+    async with grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://")) as client:
+        for c in levels:
+            n = max(per_level, 2 * c)
+            images = [photo_jpeg(next(seed)) for _ in range(n + 1)]
+
+            async def call(index: int, images: list[bytes] = images) -> None:
+                await client.infer(ENSEMBLE, [bytes_input(images[index])])
+
+            await call(n)  # warm-up (first executions build kernels)
+            executions = server.counter("nv_inference_exec_count", MODEL)
+            wall, latencies = await drive(call, n, c)
+            per_execution = n / max(
+                server.counter("nv_inference_exec_count", MODEL) - executions, 1
+            )
+            row = {
+                "concurrency": c,
+                "requests": n,
+                "images_per_s": round(n / wall, 1),
+                "p50_ms": round(float(np.percentile(latencies, 50)) * 1e3, 1),
+                "p99_ms": round(float(np.percentile(latencies, 99)) * 1e3, 1),
+                "requests_per_execution": round(per_execution, 2),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# bench/gpu.py {'(dry run, CPU)' if result['dry_run'] else ''}",
+        "",
+        f"{result['device']}; torch {result['torch']}; {result['machine']}",
+        "",
+        "| model | precision | batch | ms | images/s | vs explicit-softmax fp32 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["model"]:
+        speed_up = f"{r['speed_up']:.2f}×" if "speed_up" in r else "-"
+        lines.append(
+            f"| {r['variant']} | {r['precision']} | {r['batch']} | {r['ms']:.1f} | "
+            f"{r['images_per_s']:.1f} | {speed_up} |"
+        )
+    lines += [
+        "",
+        "Triton end to end (1080p JPEG bytes in, the embedding out, gRPC; "
+        + ("CPU configurations):" if result["dry_run"] else "production GPU configurations):"),
+        "",
+        "| concurrency | requests | images/s | p50 ms | p99 ms | requests per execution |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["triton"]:
+        lines.append(
+            f"| {r['concurrency']} | {r['requests']} | {r['images_per_s']:.1f} | {r['p50_ms']:.0f} "
+            f"| {r['p99_ms']:.0f} | {r['requests_per_execution']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="the same path on the CPU, small")
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "bench" / "gpu")
+    args = parser.parse_args()
+    start = time.monotonic()
+    if not args.dry_run and not torch.cuda.is_available():
+        print("no CUDA device: run with --dry-run on a CPU", file=sys.stderr)
+        return 2
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    result: dict[str, Any] = {
+        "dry_run": args.dry_run,
+        "device": f"{device.type}: {name or platform.machine()}",
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+    result["model"] = model_rows(device, args.dry_run)
+    checkpoint = str(CHECKPOINT) if CHECKPOINT.exists() else "random"
+    with tempfile.TemporaryDirectory() as workdir:
+        server = LocalTriton(
+            Path(workdir),
+            checkpoint,
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            log_path=Path(workdir) / "tritonserver.log",
+            gpu=not args.dry_run,
+            max_batch=2 if args.dry_run else 32,
+        )
+        server.start(timeout_s=300)
+        try:
+            levels = [1, 2] if args.dry_run else [1, 4, 16, 64]
+            per_level = 2 if args.dry_run else 128
+            result["triton"] = asyncio.run(triton_rows(server, levels, per_level))
+        finally:
+            server.stop()
+    result["seconds"] = round(time.monotonic() - start, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu.json").write_text(json.dumps(result, indent=2))
+    (args.out / "gpu.md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"wrote {args.out / 'gpu.json'} and gpu.md in {result['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
