@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
@@ -19,6 +20,7 @@ from service.model import Precision, Variant
 #: Pillow refuses images above 2 × 89.5 MP outright; stay below that.
 PIXEL_HARD_LIMIT = 178_000_000
 MiB = 1 << 20
+_TRITON_TARGET = re.compile(r"^((grpc|http)://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
 
 
 def _split_csv(value: object) -> object:
@@ -59,8 +61,13 @@ class Settings(BaseSettings):
     encode_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     decoder_device: str = "cpu"
     max_concurrent_decodes: int = Field(default=2, ge=1, le=256)
-    triton_url: str = "grpc://127.0.0.1:8001"
+    triton_url: str = Field(
+        default="grpc://127.0.0.1:8001",
+        description="One or more comma-separated grpc://host:port (or http://); a host name "
+        "is resolved to all its addresses (a headless Service) and re-resolved.",
+    )
     triton_model: str = "efficientsam"
+    triton_resolve_s: float = Field(default=10.0, ge=0.5, le=3600)
 
     # --- cache ---------------------------------------------------------------
     cache: Literal["memory", "redis"] = "memory"
@@ -106,6 +113,17 @@ class Settings(BaseSettings):
         if any(len(key) < 16 for key in keys):
             raise ValueError("every API key must be at least 16 characters long")
         return keys
+
+    @field_validator("triton_url")
+    @classmethod
+    def _triton_targets(cls, urls: str) -> str:
+        entries = [u.strip() for u in urls.split(",") if u.strip()]
+        bad = [u for u in entries if not _TRITON_TARGET.match(u)]
+        if not entries or bad:
+            raise ValueError(f"expected grpc://host:port or http://host:port, got {bad or urls!r}")
+        if len({u.partition("://")[0] if "://" in u else "grpc" for u in entries}) > 1:
+            raise ValueError("use one scheme (grpc:// or http://) for every Triton address")
+        return urls
 
     @field_validator("redis_url")
     @classmethod

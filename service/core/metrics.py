@@ -45,7 +45,14 @@ class Metrics:
         )
         self.encoder_circuit_state = Gauge(
             "esam_encoder_circuit_state",
-            "Circuit breaker in front of the encoder: 0 closed, 1 half-open, 2 open.",
+            "Circuit breaker in front of the encoder: 0 closed, 1 half-open, 2 open "
+            "(with several Triton endpoints: the best of theirs, 2 when all are open).",
+            registry=r,
+        )
+        self.triton_endpoints = Gauge(
+            "esam_triton_endpoints",
+            "Triton endpoints this gateway balances over, by circuit state.",
+            ["state"],
             registry=r,
         )
         self.pending_encodes = Gauge(

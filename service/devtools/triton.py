@@ -93,6 +93,11 @@ def prepare(
                 ignore=shutil.ignore_patterns("__pycache__", "config.pbtxt", "configs"),
             )
             (model_dir / "config.pbtxt").write_text(configs[f"{name}{suffix}"])
+    return repository, prepare_backends(workdir)
+
+
+def prepare_backends(workdir: Path) -> Path:
+    """A backends folder with the Python backend and the stub for this Python."""
     root = pytriton_root()
     backends = workdir / "backends"
     python_backend = backends / "python"
@@ -106,7 +111,28 @@ def prepare(
     if not stub.exists():
         raise TritonNotAvailableError(f"no Triton Python backend stub for Python {version}")
     shutil.copy2(stub, python_backend / stub.name)
-    return repository, backends
+    return backends
+
+
+def tritonserver_binary() -> Path:
+    return pytriton_root() / "bin" / "tritonserver"
+
+
+def server_environment() -> dict[str, str]:
+    """What the bundled tritonserver needs: its libraries, and this environment's Python
+    (the Python backend imports torch and this project from it)."""
+    site = pytriton_root().parents[1]
+    return {
+        **os.environ,
+        "LD_LIBRARY_PATH": ":".join(
+            filter(None, [str(site / "nvidia_pytriton.libs"), os.environ.get("LD_LIBRARY_PATH")])
+        ),
+        "PYTHONPATH": ":".join(
+            filter(None, [str(REPO), *sys.path[1:], os.environ.get("PYTHONPATH")])
+        ),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
+    }
 
 
 @dataclass
@@ -156,27 +182,12 @@ class LocalTriton:
                 gpu=self.gpu,
             )
         repository, backends = self._prepared
-        root = pytriton_root()
-        site = root.parents[1]
-        env = {
-            **os.environ,
-            "LD_LIBRARY_PATH": ":".join(
-                filter(
-                    None, [str(site / "nvidia_pytriton.libs"), os.environ.get("LD_LIBRARY_PATH")]
-                )
-            ),
-            # the Python backend imports torch and this project from the same environment
-            "PYTHONPATH": ":".join(
-                filter(None, [str(REPO), *sys.path[1:], os.environ.get("PYTHONPATH")])
-            ),
-            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
-        }
+        env = server_environment()
         if self.log_path is not None and self._log is None:
             self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
             [
-                str(root / "bin" / "tritonserver"),
+                str(tritonserver_binary()),
                 f"--model-repository={repository}",
                 f"--backend-directory={backends}",
                 f"--http-port={self.http_port}",

@@ -42,12 +42,13 @@ class ServingState:
 
 def _build_encoder(settings: Settings, loaded: LoadedModel, metrics: Metrics) -> Encoder:
     if settings.encoder == "triton":
-        from service.core.encoders.triton import TritonEncoder
+        from service.core.encoders.triton_pool import TritonEncoder
 
         return TritonEncoder(
             settings.triton_url,
             model_name=settings.triton_model,
             timeout_s=settings.encode_timeout_s,
+            resolve_s=settings.triton_resolve_s,
             metrics=metrics,
         )
     model = loaded.model

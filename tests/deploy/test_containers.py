@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +83,31 @@ def test_gateway_image_uses_the_cpu_torch_build() -> None:
     assert len(stages) == 2  # multi-stage: build and runtime
 
 
-def test_triton_image_matches_the_development_triton() -> None:
+#: NGC Triton images and their Python, from NVIDIA's release notes ("Ubuntu ... including
+#: Python ..."): 24.10 is Ubuntu 22.04 / Python 3.10, 24.12 Ubuntu 24.04 / Python 3.12.
+NGC_PYTHON = {"24.10": (3, 10), "24.12": (3, 12)}
+
+
+def test_triton_image_python_satisfies_the_package() -> None:
     text = (REPO / "docker" / "triton.Dockerfile").read_text()
-    assert "nvcr.io/nvidia/tritonserver:24.10-py3" in text  # Triton 2.51 = nvidia-pytriton 0.7.0
-    pyproject = (REPO / "pyproject.toml").read_text()
-    assert "nvidia-pytriton==0.7.0" in pyproject
+    release = re.search(r"nvcr\.io/nvidia/tritonserver:(\d\d\.\d\d)-py3", text)
+    assert release is not None
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    minimum = tuple(
+        int(v) for v in pyproject["project"]["requires-python"].removeprefix(">=").split(".")
+    )
+    assert NGC_PYTHON[release.group(1)] >= minimum, release.group(1)
+    assert "nvidia-pytriton==0.7.0" in (REPO / "pyproject.toml").read_text()  # local: 2.51
+
+
+def test_every_triton_start_loads_the_pipeline_explicitly(compose: dict[str, Any]) -> None:
+    dockerfile = (REPO / "docker" / "triton.Dockerfile").read_text()
+    assert 'CMD ["triton-serve"]' in dockerfile
+    assert "COPY docker/triton-serve.sh /usr/local/bin/triton-serve" in dockerfile
+    override = yaml.load((REPO / "docker-compose.cpu.yml").read_text(), Loader=ComposeLoader)
+    assert override["services"]["triton"]["command"][0] == "triton-serve"
+    script = (REPO / "docker" / "triton-serve.sh").read_text()
+    assert "--model-control-mode=explicit" in script
 
 
 def test_dockerignore_keeps_weights_and_venv_out() -> None:

@@ -229,7 +229,8 @@ def test_dev_is_cpu_only_with_one_replica_each() -> None:
     triton = next(
         o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "triton"
     )
-    assert "--model-config-name=cpu" in triton["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = triton["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["triton-serve", "--model-config-name=cpu"]
 
 
 def test_dashboard_covers_gateway_and_triton_metrics() -> None:
@@ -264,3 +265,18 @@ def test_alert_rules_reference_real_metrics() -> None:
             for metric in set(re.findall(r"\besam_[a-z_]+", rule["expr"])):
                 base = metric.removesuffix("_bucket").removesuffix("_count").removesuffix("_total")
                 assert base in ours or metric in ours, (rule["alert"], metric)
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_gateways_reach_triton_through_a_headless_service(overlay: str) -> None:
+    """gRPC pins a connection to one pod behind a ClusterIP; the gateway balances itself."""
+    objects = render(overlay)
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    config = next(
+        o for o in objects if o["kind"] == "ConfigMap" and "ESAM_TRITON_URL" in o.get("data", {})
+    )
+    for url in config["data"]["ESAM_TRITON_URL"].split(","):
+        host, port = url.removeprefix("grpc://").rsplit(":", 1)
+        service = services[host]
+        assert service["spec"].get("clusterIP") == "None", host
+        assert int(port) in {p["port"] for p in service["spec"]["ports"]}

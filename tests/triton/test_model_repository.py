@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,8 @@ from service.devtools.triton_config import (
 )
 from service.model import EfficientSam
 from service.model.onnx_export import export_encoder
+from tests.conftest import REPO_ROOT, Fixture
+from tests.services import free_port
 
 MODELS = ["efficientsam_encoder", "efficientsam_encoder_onnx"]
 
@@ -144,3 +148,70 @@ def test_missing_checkpoint_fails_to_load_with_a_clear_message(tmp_path: Path) -
     log = (tmp_path / "tritonserver.log").read_text()
     assert "absent.pt' not found" in log
     assert "ESAM_CHECKPOINT" in log
+
+
+def test_the_shipped_repository_starts_with_the_image_command(
+    fixture: Fixture, tmp_path: Path
+) -> None:
+    """What the image does (docker/triton-serve.sh on model_repository/ with its derived CPU
+    configs) starts on a fresh checkout, where efficientsam_encoder_onnx has no model.onnx."""
+    import shutil
+    import subprocess
+    import time
+
+    import httpx
+
+    from service.devtools.triton import prepare_backends, server_environment, tritonserver_binary
+    from service.devtools.triton_config import main as write_cpu_configs
+
+    repository = tmp_path / "models"
+    shutil.copytree(SOURCE_REPOSITORY, repository, ignore=shutil.ignore_patterns("__pycache__"))
+    assert not list((repository / "efficientsam_encoder_onnx").rglob("*.onnx"))
+    write_cpu_configs(["--repository", str(repository)])  # as the Dockerfile's RUN step
+    http_port = free_port()
+    env = {
+        **server_environment(),
+        "TRITONSERVER": str(tritonserver_binary()),
+        "TRITON_MODEL_REPOSITORY": str(repository),
+        "ESAM_CHECKPOINT": str(fixture.checkpoint),
+    }
+    log = (tmp_path / "triton.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(REPO_ROOT / "docker" / "triton-serve.sh"),
+            "--model-config-name=cpu",
+            f"--backend-directory={prepare_backends(tmp_path)}",
+            f"--http-port={http_port}",
+            f"--grpc-port={free_port()}",
+            f"--metrics-port={free_port()}",
+            "--http-address=127.0.0.1",
+            "--allow-gpu-metrics=false",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        ready = False
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                ready = (
+                    httpx.get(f"http://127.0.0.1:{http_port}/v2/health/ready").status_code == 200
+                )
+            except httpx.HTTPError:
+                ready = False
+            if ready:
+                break
+            time.sleep(0.5)
+        assert ready, (tmp_path / "triton.log").read_text()[-3000:]
+        index = httpx.post(f"http://127.0.0.1:{http_port}/v2/repository/index").json()
+        states = {m["name"]: m.get("state") for m in index}
+        assert states[ENSEMBLE] == states[PREPROCESS] == states[MODEL] == "READY"
+        assert states.get("efficientsam_encoder_onnx") != "READY"  # listed, never loaded
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+        log.close()

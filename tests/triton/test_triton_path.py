@@ -14,7 +14,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from service.core.encoders import local as local_encoder
-from service.core.encoders.triton import TritonEncoder
+from service.core.encoders.triton import TritonEndpoint
 from service.core.metrics import Metrics
 from service.devtools.triton import LocalTriton, grpc_request_of
 from service.devtools.triton_config import MODEL
@@ -238,9 +238,9 @@ async def test_the_gateway_only_reads_the_header_on_the_triton_path(
 
 def test_an_image_travels_as_its_bytes(image_bytes: bytes) -> None:
     """What the gateway puts on the wire: the file plus framing, not a 6-12 MiB tensor."""
-    encoder = TritonEncoder(
-        "grpc://127.0.0.1:1", model_name="efficientsam", timeout_s=1, metrics=Metrics()
+    endpoint = TritonEndpoint(
+        "127.0.0.1:1", protocol="grpc", model_name="efficientsam", metrics=Metrics()
     )
-    infer_input, outputs = encoder._request(image_bytes)
+    infer_input, outputs = endpoint._request(image_bytes)
     request = grpc_request_of(infer_input, outputs)
     assert len(image_bytes) < request.ByteSize() <= len(image_bytes) + 1024

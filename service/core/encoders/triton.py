@@ -1,19 +1,16 @@
-"""Encoder in NVIDIA Triton Inference Server (the ``efficientsam`` ensemble), via tritonclient.
+"""One Triton server (one address): its client, its circuit breaker, one inference call.
 
-``ESAM_TRITON_URL`` is ``grpc://host:8001`` (default scheme) or ``http://host:8000``.
-Each new image travels as the file's bytes (one ``BYTES`` element): decoding and
-resizing run beside the encoder (``efficientsam_preprocess``), so the gateway
-sends the file's size plus a few bytes of framing, not a 6-12 MiB tensor, and
-gets back the embedding and the upright size. An image Triton cannot decode
-comes back as ``INVALID_ARG`` and becomes 422 ``invalid_image``.
+The ``efficientsam`` ensemble takes each new image as the file's bytes (one ``BYTES``
+element): decoding and resizing run beside the encoder (``efficientsam_preprocess``),
+so the gateway sends the file's size plus a few bytes of framing, not a 6-12 MiB
+tensor, and gets back the embedding and the upright size.
 
-Failure policy: every encode has one deadline (``timeout_s``, owned here); a call
-that failed to reach Triton (``UNAVAILABLE``) is retried once within it, since
-encoding is idempotent; timeouts and errors about the request are not retried.
-Failures are told apart by the client library's status codes, never by message
-text. Repeated connection failures or timeouts open a circuit breaker: while it is
-open requests get ``encoder_unavailable`` (503 with ``Retry-After``) at once, and
-a background readiness probe closes it as soon as Triton is ready again.
+:meth:`TritonEndpoint.infer` classifies every outcome by the client library's status
+codes (never by message text) and gives the call's breaker its verdict: Triton
+answered (success, even when the answer is an error about this request: an image it
+cannot decode is ``INVALID_ARG`` → :class:`InvalidImageError`), it could not be
+reached (:class:`UnreachableError`, failure), or the deadline passed (``TimeoutError``,
+failure). Choosing among endpoints and retrying elsewhere is ``triton_pool``'s job.
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,7 +30,6 @@ from service.core.circuit import BreakerState, Call, CircuitBreaker
 from service.core.encoders.base import EncodedImage
 from service.core.metrics import Metrics
 from service.errors import EncoderUnavailableError, InvalidImageError
-from service.model.preprocess import ImageHeader
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +61,6 @@ _UNREACHABLE_STATUS = frozenset(
         "504",
     }
 )
-_PROBE_INTERVAL_S = 0.5
 
 
 def _invalid_input(exc: BaseException) -> bool:
@@ -85,49 +81,48 @@ def _unreachable(exc: BaseException) -> bool:
     )
 
 
-class TritonEncoder:
-    name = "triton"
+class UnreachableError(Exception):
+    """The call did not reach Triton (or its model): safe to send elsewhere."""
+
+
+class TritonEndpoint:
+    """One Triton address (``host:port``) with its own client and circuit breaker."""
 
     def __init__(
         self,
-        url: str,
+        address: str,
         *,
+        protocol: str,
         model_name: str,
-        timeout_s: float,
         metrics: Metrics,
-        breaker: CircuitBreaker | None = None,
         probe_timeout_s: float = 2.0,
+        on_state_change: Callable[[], None] | None = None,
     ) -> None:
-        scheme, _, address = url.rpartition("://")
-        self.protocol = scheme or "grpc"
-        if self.protocol not in ("grpc", "http"):
-            raise ValueError(f"ESAM_TRITON_URL: unknown scheme {scheme!r} (grpc:// or http://)")
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"unknown Triton protocol {protocol!r} (grpc or http)")
         self.address = address
+        self.protocol = protocol
         self.model_name = model_name
-        self.timeout_s = timeout_s
         self.probe_timeout_s = probe_timeout_s
         self._metrics = metrics
-        self._breaker = breaker or CircuitBreaker(
-            on_change=lambda state: metrics.encoder_circuit_state.set(state.value)
+        self.breaker = CircuitBreaker(
+            on_change=(lambda _: on_state_change()) if on_state_change else None
         )
+        self.outstanding = 0  # calls in flight here (least-outstanding balancing)
         self._client: Any = None
         self._model_checked = False
-        self._probe: asyncio.Task[bool] | None = None
-        self._last_probe = 0.0
 
     # --- lifecycle --------------------------------------------------------------------------
     def _new_client(self) -> Any:
         if self.protocol == "grpc":
             # reconnect within a second once Triton is back (gRPC's default backoff reaches 120 s)
             return grpcclient.InferenceServerClient(self.address, channel_args=_GRPC_CHANNEL_ARGS)
-        return httpclient.InferenceServerClient(self.address, conn_timeout=self.timeout_s)
+        return httpclient.InferenceServerClient(self.address, conn_timeout=self.probe_timeout_s)
 
     async def start(self) -> None:
         self._client = self._new_client()  # one client, its connections reused
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -146,10 +141,10 @@ class TritonEncoder:
         except Exception as exc:  # aiohttp / grpc transport errors
             log.debug("triton readiness probe failed: %s", exc)
             return False
-        if ready and self._breaker.state is not BreakerState.CLOSED:
-            log.info("triton is ready again: closing the circuit")
+        if ready and self.breaker.state is not BreakerState.CLOSED:
+            log.info("triton at %s is ready again: closing its circuit", self.address)
         if ready:
-            self._breaker.probe_succeeded()
+            self.breaker.probe_succeeded()
         return ready
 
     async def _check_model(self) -> None:
@@ -195,76 +190,39 @@ class TritonEncoder:
         # kept in the dtype it came in (FP16 in production: what the cache stores by default)
         return EncodedImage(embedding.reshape(256, 64, 64), width, height)
 
-    async def encode(self, data: bytes, header: ImageHeader) -> EncodedImage:
-        """One encode within ``timeout_s`` (the only deadline on this path)."""
-        call = self._breaker.acquire()
-        if call is None:
-            self._metrics.encoder_errors.labels("circuit_open").inc()
-            self._probe_soon()
-            raise EncoderUnavailableError(
-                "the encoder is unavailable (circuit open after repeated failures)",
-                retry_after_s=self._breaker.retry_after_s(),
-            )
+    async def infer(self, data: bytes, timeout_s: float, call: Call) -> EncodedImage:
+        """One call within ``timeout_s``; ``call`` (from ``self.breaker``) gets its verdict."""
+        self.outstanding += 1
+        start = time.perf_counter()
         try:
-            return await self._encode(data, call)
-        finally:
-            call.abandon()  # cancelled: no verdict (a no-op after success/failure)
-
-    async def _encode(self, data: bytes, call: Call) -> EncodedImage:
-        deadline = time.monotonic() + self.timeout_s
-        attempt = 0
-        while True:
-            attempt += 1
-            start = time.perf_counter()
-            try:
-                remaining = max(0.001, deadline - time.monotonic())
-                out = await asyncio.wait_for(self._infer_once(data), remaining)
-            except TimeoutError as exc:
-                call.failure()
-                self._metrics.encoder_errors.labels("timeout").inc()
+            out = await asyncio.wait_for(self._infer_once(data), max(0.001, timeout_s))
+        except TimeoutError:
+            call.failure()
+            raise
+        except EncoderUnavailableError:
+            call.success()  # Triton answered, with something unusable
+            raise
+        except Exception as exc:
+            if _invalid_input(exc):
+                call.success()  # Triton answered: this image does not decode
+                raise InvalidImageError(f"the image could not be decoded: {_message(exc)}") from exc
+            if not _unreachable(exc):
+                # Triton answered with an error about this request: not retried, and no
+                # reason to stop sending it others
+                call.success()
+                self._metrics.encoder_errors.labels("request").inc()
+                log.warning("triton at %s failed this request: %s", self.address, exc)
                 raise EncoderUnavailableError(
-                    f"the encoder did not answer within {self.timeout_s:g}s"
+                    "the encoder failed on this request", retry_after_s=1
                 ) from exc
-            except EncoderUnavailableError:
-                call.success()  # Triton answered, with something unusable
-                raise
-            except Exception as exc:
-                if _invalid_input(exc):
-                    call.success()  # Triton answered: this image does not decode
-                    raise InvalidImageError(
-                        f"the image could not be decoded: {_message(exc)}"
-                    ) from exc
-                if not _unreachable(exc):
-                    # Triton answered with an error about this request: not retried, and
-                    # no reason to stop sending it others
-                    call.success()
-                    self._metrics.encoder_errors.labels("request").inc()
-                    log.warning("triton failed this request: %s", exc)
-                    raise EncoderUnavailableError(
-                        "the encoder failed on this request", retry_after_s=1
-                    ) from exc
-                self._model_checked = False  # the server may come back with another config
-                if attempt == 1 and deadline - time.monotonic() > 0.1:
-                    await asyncio.sleep(0.05)
-                    continue
-                call.failure()
-                self._metrics.encoder_errors.labels("unreachable").inc()
-                raise EncoderUnavailableError(
-                    "the encoder (Triton) is unreachable",
-                    retry_after_s=self._breaker.retry_after_s() if self._breaker.is_open else 2,
-                ) from exc
+            self._model_checked = False  # the server may come back with another config
+            call.failure()
+            raise UnreachableError(f"{self.address}: {type(exc).__name__}: {exc}") from exc
+        else:
             call.success()
             # batch sizes are Triton's business: nv_inference_exec_count vs request_success
             self._metrics.encoder_duration.observe(time.perf_counter() - start)
             return out
-
-    def _probe_soon(self) -> None:
-        """While the circuit is open, probe readiness in the background (at most every 0.5 s):
-        a Triton that is back closes the circuit without waiting out the cool-down."""
-        now = time.monotonic()
-        if self._probe is not None and not self._probe.done():
-            return
-        if now - self._last_probe < _PROBE_INTERVAL_S:
-            return
-        self._last_probe = now
-        self._probe = asyncio.create_task(self.ready(), name="triton readiness probe")
+        finally:
+            self.outstanding -= 1
+            call.abandon()  # cancelled: no verdict (a no-op after the verdicts above)
