@@ -71,7 +71,13 @@ class Settings(BaseSettings):
 
     # --- cache ---------------------------------------------------------------
     cache: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="standalone: one URL; cluster: any node, or several comma-separated; "
+        "sentinel: the sentinels, comma-separated.",
+    )
+    redis_sentinel_master: str = Field(default="mymaster", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     redis_key_prefix: str = Field(default="esam", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     redis_timeout_s: float = Field(default=0.5, gt=0, le=30)
     redis_retry_s: float = Field(default=2.0, ge=0, le=300)
@@ -128,8 +134,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, url: str) -> str:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        entries = [u.strip() for u in url.split(",") if u.strip()]
+        if not entries or not all(
+            u.startswith(("redis://", "rediss://", "unix://")) for u in entries
+        ):
+            raise ValueError("each URL must start with redis://, rediss:// or unix://")
         return url
 
     @field_validator("encoder_device", "decoder_device")
@@ -145,6 +154,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "encoder_precision: reduced precision is for GPUs; use fp32 with encoder_device=cpu"
             )
+        if self.redis_mode == "standalone" and "," in self.redis_url:
+            raise ValueError("redis_url: several URLs need ESAM_REDIS_MODE=cluster or sentinel")
         if "*" in self.cors_origins and self.api_keys:
             raise ValueError("cors_origins: '*' together with api_keys would expose keyed routes")
         return self

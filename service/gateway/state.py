@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from service.core.admission import Admission
 from service.core.cache import EmbeddingCache, MemoryCache, RedisTier
+from service.core.cache.redis_client import RedisTarget
 from service.core.decoding import Decoder
 from service.core.embeddings import EmbeddingService
 from service.core.encoders import Encoder, LocalEncoder
@@ -73,7 +74,9 @@ async def init_state(settings: Settings, checkpoint: str, metrics: Metrics) -> S
     redis = None
     if settings.cache == "redis":
         redis = RedisTier(
-            settings.redis_url,
+            RedisTarget.parse(
+                settings.redis_mode, settings.redis_url, settings.redis_sentinel_master
+            ),
             prefix=settings.redis_key_prefix,
             ttl_s=settings.cache_ttl_s,
             timeout_s=settings.redis_timeout_s,

@@ -46,6 +46,12 @@ async def test_redis_killed_mid_load_loses_no_request(
         load = asyncio.create_task(run_load(gw.client, config))
         await asyncio.sleep(2.0)
         private_redis.stop()
+        # a lookup of our own during the outage, whatever the load is doing at that moment
+        probe = await gw.client.post(
+            "/segment",
+            json={"image_id": "0" * 64, "prompts": [{"points": [[1, 1]], "labels": [1]}]},
+        )
+        assert probe.status_code == 404
         await asyncio.sleep(4.0)
         private_redis.start()
         result = await load

@@ -21,6 +21,7 @@ import logging
 from redis.exceptions import RedisError
 
 from service.core.cache.memory import MemoryCache
+from service.core.cache.redis_client import close_client
 from service.core.cache.redis_tier import RedisTier
 from service.core.metrics import Metrics
 
@@ -81,7 +82,7 @@ class InvalidationListener:
                     if confirmed is None:
                         raise TimeoutError("no confirmation of the subscription")
                 # subscribed: every delete from now on arrives as a message
-                deletes = int(await client.get(self._redis.deletes_key) or 0)
+                deletes = await self._redis.deletes_seen()
                 if self._expected is not None and deletes != self._expected:
                     self._l1.clear()  # a delete may have been missed while away
                     self._metrics.cache_invalidations.labels("resync").inc()
@@ -96,4 +97,4 @@ class InvalidationListener:
                         self._expected += 1
                         self._metrics.cache_invalidations.labels("message").inc()
         finally:
-            await client.aclose()
+            await close_client(client)

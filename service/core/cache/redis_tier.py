@@ -18,13 +18,10 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError, RedisError
 
+from service.core.cache.redis_client import RedisTarget, close_client, is_cluster, make_client
 from service.core.embedding import CorruptEmbeddingError, Embedding
 
 
@@ -37,7 +34,7 @@ class RedisTier:
 
     def __init__(
         self,
-        url: str,
+        target: RedisTarget,
         *,
         prefix: str,
         ttl_s: int,
@@ -49,18 +46,13 @@ class RedisTier:
         self.ttl_s = ttl_s
         self.retry_s = retry_s
         self.lock_ttl_s = lock_ttl_s
-        self.url = url
+        self.target = target
         self.timeout_s = timeout_s
-        self._client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            # a pooled connection that broke (Redis restarted) is reconnected and the command
-            # sent once more; a timeout is not retried: a hung Redis costs one timeout
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            retry_on_timeout=False,
-            health_check_interval=30,
-        )
+        # a pooled connection that broke (Redis restarted, failed over) is reconnected and
+        # the command sent once more; a timeout is not retried: a hung Redis costs one timeout
+        self._client = make_client(target, timeout_s=timeout_s)
+        self._cluster = is_cluster(self._client)
+        self._listeners = 0
         self._down_until = 0.0
 
     # --- availability -------------------------------------------------------------
@@ -90,7 +82,7 @@ class RedisTier:
             return False
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await close_client(self._client)
 
     # --- data -----------------------------------------------------------------------
     def key(self, key: str) -> str:
@@ -122,7 +114,13 @@ class RedisTier:
         return f"{self.prefix}:deletes"
 
     async def delete_everywhere(self, key: str) -> None:
-        """Delete the entry, count it and tell every replica to drop it (one transaction)."""
+        """Delete the entry, count it and tell every replica to drop it.
+
+        One transaction on a single Redis; on a Cluster the entry and the counter live in
+        different slots, so the three commands go one after another (a failure between
+        them answers 503 and the client's retry repeats all three: each is idempotent
+        enough — a second DEL is a no-op, an extra count only makes listeners resync).
+        """
 
         async def transaction() -> Any:
             async with self._client.pipeline(transaction=True) as pipe:
@@ -131,15 +129,23 @@ class RedisTier:
                 pipe.publish(self.invalidation_channel, key)
                 return await pipe.execute()
 
-        await self._call(transaction)
+        async def in_turn() -> None:
+            await self._client.delete(self.key(key))
+            await self._client.incr(self.deletes_key)
+            await self._client.publish(self.invalidation_channel, key)
 
-    def listener_client(self) -> aioredis.Redis:
-        """A client for a long-lived subscription: no read timeout, periodic health checks."""
-        return aioredis.Redis.from_url(
-            self.url,
-            socket_connect_timeout=self.timeout_s,
-            socket_keepalive=True,
-            health_check_interval=5,
+        await self._call(in_turn if self._cluster else transaction)
+
+    async def deletes_seen(self) -> int:
+        """The delete counter (on a Cluster, on whichever node holds its slot)."""
+        return int(await self._client.get(self.deletes_key) or 0)
+
+    def listener_client(self) -> Any:
+        """A client for a long-lived subscription: no read timeout, periodic health checks
+        (on a Cluster: each new one on the next node)."""
+        self._listeners += 1
+        return make_client(
+            self.target, timeout_s=self.timeout_s, listener=True, attempt=self._listeners
         )
 
     async def exists(self, key: str) -> bool:
@@ -150,9 +156,10 @@ class RedisTier:
         return EncodeLock(self, key)
 
     def _lock_object(self, key: str) -> Lock:
-        return self._client.lock(
+        lock: Lock = self._client.lock(
             f"{self.prefix}:lock:{key}", timeout=self.lock_ttl_s, blocking=False
         )
+        return lock
 
     async def lock_held(self, key: str) -> bool:
         return bool(await self._call(self._client.exists, f"{self.prefix}:lock:{key}"))

@@ -1,0 +1,111 @@
+"""The cache on a real Redis Cluster (3 masters) and behind a real Sentinel, through a failover."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.devtools.redis_server import LocalRedisCluster, LocalSentinel
+from tests.gateway.fixtures import GatewayFactory
+from tests.gateway.test_errors import png_bytes
+from tests.gateway.test_redis import embed, segment_status
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[LocalRedisCluster]:
+    cluster = LocalRedisCluster(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[LocalSentinel]:
+    watched = LocalSentinel(tmp_path)
+    try:
+        watched.start()
+        yield watched
+    finally:
+        watched.stop()
+
+
+async def test_cluster_spreads_keys_and_shares_embeddings_between_gateways(
+    gateway_factory: GatewayFactory, redis_cluster: LocalRedisCluster
+) -> None:
+    settings = {"cache": "redis", "redis_mode": "cluster", "redis_url": redis_cluster.urls[1]}
+    async with gateway_factory(**settings) as first, gateway_factory(**settings) as second:
+        for gw in (first, second):
+            listener = gw.state.embeddings.cache.invalidations
+            assert listener is not None
+            await asyncio.wait_for(listener.subscribed.wait(), 5)
+        ids = [(await embed(first.client, png_bytes(seed=300 + i)))["image_id"] for i in range(9)]
+        prefix = first.state.settings.redis_key_prefix
+        per_node = redis_cluster.keys_per_node(f"{prefix}:emb:*")
+        assert sum(per_node) == 9
+        assert sum(1 for n in per_node if n > 0) >= 2, per_node  # spread over the masters
+        # made through one gateway, served by the other (from the Cluster, no encode)
+        for image_id in ids[:3]:
+            assert await segment_status(second.client, image_id) == 200
+        assert second.encodes == 0
+        # a delete through one gateway reaches the other's memory
+        assert (await first.client.delete(f"/embeddings/{ids[0]}")).status_code == 204
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while await segment_status(second.client, ids[0]) != 404:
+            assert loop.time() - start < 1.0
+            await asyncio.sleep(0.02)
+        # the cross-replica encode lock works on the Cluster too
+        image = png_bytes(seed=399)
+        both = await asyncio.gather(embed(first.client, image), embed(second.client, image))
+        assert both[0]["image_id"] == both[1]["image_id"]
+        assert first.encodes + second.encodes == 9 + 1
+
+
+async def test_sentinel_failover_during_load_fails_no_request(
+    gateway_factory: GatewayFactory, sentinel: LocalSentinel
+) -> None:
+    settings = {
+        "cache": "redis",
+        "redis_mode": "sentinel",
+        "redis_url": sentinel.url,
+        "redis_timeout_s": 0.5,
+        "redis_retry_s": 0.5,
+    }
+    async with gateway_factory(**settings) as gw:
+        before = sentinel.master_port()
+        images = [png_bytes(seed=500 + i) for i in range(6)]
+        ids = [(await embed(gw.client, image))["image_id"] for image in images[:3]]
+
+        async def clicks() -> list[int]:
+            statuses = []
+            for round_ in range(30):
+                for image_id in ids:
+                    statuses.append(await segment_status(gw.client, image_id))
+                if round_ == 3:
+                    await asyncio.to_thread(sentinel.failover)
+                await asyncio.sleep(0.1)
+            return statuses
+
+        statuses = await clicks()
+        assert set(statuses) == {200}, statuses  # nothing failed; cached clicks kept working
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while sentinel.master_port() == before:
+            assert loop.time() < deadline, "no failover happened"
+            await asyncio.sleep(0.2)
+        # after the failover, new embeddings are written to the new master
+        for image in images[3:]:
+            body = await embed(gw.client, image)
+            assert body["cached"] is False
+        await asyncio.sleep(1.0)
+        new_master = sentinel.master_port()
+        import redis
+
+        prefix = gw.state.settings.redis_key_prefix
+        stored = list(redis.Redis(port=new_master).scan_iter(f"{prefix}:emb:*"))
+        assert len(stored) >= 3
