@@ -1,4 +1,5 @@
-"""The cache on a real Redis Cluster (3 masters) and behind a real Sentinel, through a failover."""
+"""The cache on a real Redis Cluster (3 masters) and behind a real Sentinel, through a failover
+in the middle of a load of clicks and uploads."""
 
 from __future__ import annotations
 
@@ -78,28 +79,35 @@ async def test_sentinel_failover_during_load_fails_no_request(
     }
     async with gateway_factory(**settings) as gw:
         before = sentinel.master_port()
-        images = [png_bytes(seed=500 + i) for i in range(6)]
+        images = [png_bytes(seed=500 + i) for i in range(10)]
         ids = [(await embed(gw.client, image))["image_id"] for image in images[:3]]
 
-        async def clicks() -> list[int]:
+        async def load() -> list[int]:
+            """Clicks on the cached images and, every few rounds, a new image uploaded."""
             statuses = []
+            uploads = iter(images[6:])
             for round_ in range(30):
                 for image_id in ids:
                     statuses.append(await segment_status(gw.client, image_id))
                 if round_ == 3:
                     await asyncio.to_thread(sentinel.failover)
+                if round_ % 8 == 4:
+                    upload = await gw.client.post(
+                        "/embed", content=next(uploads), headers={"Content-Type": "image/png"}
+                    )
+                    statuses.append(upload.status_code)
                 await asyncio.sleep(0.1)
             return statuses
 
-        statuses = await clicks()
-        assert set(statuses) == {200}, statuses  # nothing failed; cached clicks kept working
+        statuses = await load()
+        assert set(statuses) == {200}, statuses  # nothing failed: at most an image re-encoded
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 15
         while sentinel.master_port() == before:
             assert loop.time() < deadline, "no failover happened"
             await asyncio.sleep(0.2)
         # after the failover, new embeddings are written to the new master
-        for image in images[3:]:
+        for image in images[3:6]:
             body = await embed(gw.client, image)
             assert body["cached"] is False
         await asyncio.sleep(1.0)
