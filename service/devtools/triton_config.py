@@ -53,6 +53,17 @@ def cpu_config(
     source: Path = SOURCE_REPOSITORY,
 ) -> str:
     """The encoder's production config.pbtxt, rewritten for CPU (``checkpoint`` None keeps it)."""
+    return _text(_encoder_on_cpu(wire, output, max_batch, queue_delay_us, checkpoint, source))
+
+
+def _encoder_on_cpu(
+    wire: str,
+    output: str,
+    max_batch: int,
+    queue_delay_us: int,
+    checkpoint: str | None,
+    source: Path,
+) -> mc.ModelConfig:
     config = _load(source, MODEL)
     config.max_batch_size = max_batch
     config.input[0].data_type = DTYPES[wire]
@@ -66,7 +77,7 @@ def cpu_config(
     if checkpoint is not None:
         config.parameters["checkpoint"].string_value = checkpoint
     config.parameters["precision"].string_value = "fp32"
-    return _text(config)
+    return config
 
 
 def cpu_configs(
@@ -85,18 +96,7 @@ def cpu_configs(
     The preprocessing output takes the encoder's input dtype (``wire``), the ensemble's
     output the encoder's (``output``); every batch size is the encoder's.
     """
-    encoder = mc.ModelConfig()
-    text_format.Parse(
-        cpu_config(
-            wire=wire,
-            output=output,
-            max_batch=max_batch,
-            queue_delay_us=queue_delay_us,
-            checkpoint=checkpoint,
-            source=source,
-        ),
-        encoder,
-    )
+    encoder = _encoder_on_cpu(wire, output, max_batch, queue_delay_us, checkpoint, source)
     preprocess = _load(source, PREPROCESS)
     preprocess.max_batch_size = max_batch
     next(o for o in preprocess.output if o.name == "pixels").data_type = DTYPES[wire]

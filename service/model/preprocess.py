@@ -65,10 +65,6 @@ class ImageHeader:
     height: int
     orientation: int = 1
 
-    @property
-    def swaps_axes(self) -> bool:
-        return self.orientation in (5, 6, 7, 8)
-
 
 def _orientation(img: Image.Image) -> int:
     """The EXIF orientation (1-8); an unreadable EXIF block counts as 1, not as an error."""
