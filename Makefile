@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures clean
+.PHONY: install serve test lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,9 @@ bench-gpu-dry-run: $(STAMP)  ## the same path on the CPU, small (< 2 minutes; CI
 
 bench-memory: $(STAMP)  ## peak memory of decoding a 50 MP PNG and 8 concurrent 12 MP JPEGs, before/after
 	$(BIN)/python bench/decode_memory.py
+
+bench-capacity: $(STAMP)  ## capacity table (1k/10k/100k annotators); CHECK=1: predict a local load run and compare
+	$(BIN)/python bench/capacity.py $(if $(CHECK),--check)
 
 bench-failures: $(STAMP)  ## hung Triton, overload, Redis down, DELETE across replicas
 	$(BIN)/python bench/failure_modes.py

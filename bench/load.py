@@ -25,17 +25,15 @@ import itertools
 import os
 import platform
 import tempfile
-import uuid
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from service.devtools.gateway_process import GatewayProcess
 from service.devtools.loadgen import LoadConfig, run_load
 from service.devtools.prometheus import sample_sum
-from service.devtools.redis_server import RedisServer, free_port
-from service.devtools.triton import LocalTriton
+from service.devtools.redis_server import RedisServer
+from service.devtools.stack import local_stack
 from service.devtools.triton_config import MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,33 +63,15 @@ async def main() -> None:
             private_redis = RedisServer(Path(workdir))
             private_redis.start()
             args.redis_url = private_redis.url
-        triton = LocalTriton(
-            Path(workdir),
-            args.checkpoint,
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            log_path=Path(workdir) / "triton.log",
-        )
-        triton.start()
-        prefix = f"bench-{uuid.uuid4().hex[:8]}"
-        gateways = [
-            GatewayProcess(
-                {
-                    "ESAM_CHECKPOINT": args.checkpoint,
-                    "ESAM_ENCODER": "triton",
-                    "ESAM_TRITON_URL": triton.grpc_url,
-                    "ESAM_CACHE": "redis",
-                    "ESAM_REDIS_URL": args.redis_url,
-                    "ESAM_REDIS_KEY_PREFIX": prefix,  # one shared cache
-                    "ESAM_ENCODE_TIMEOUT_S": "300",
-                }
+        with contextlib.ExitStack() as cleanup:
+            if private_redis is not None:
+                cleanup.callback(private_redis.stop)
+            local = cleanup.enter_context(
+                local_stack(
+                    Path(workdir), args.checkpoint, redis_url=args.redis_url, replicas=args.replicas
+                )
             )
-            for _ in range(args.replicas)
-        ]
-        for gateway in gateways:
-            gateway.start()
-        try:
+            triton, gateways = local.triton, local.gateways
             async with contextlib.AsyncExitStack() as stack:
                 clients = [
                     await stack.enter_async_context(httpx.AsyncClient(base_url=g.url, timeout=600))
@@ -123,12 +103,6 @@ async def main() -> None:
                 exec_before = triton_count = 0.0
             executions = sample_sum(text, "nv_inference_exec_count", model=MODEL) - exec_before
             requests = sample_sum(text, "nv_inference_request_success", model=MODEL) - triton_count
-        finally:
-            for gateway in gateways:
-                gateway.stop()
-            triton.stop()
-            if private_redis is not None:
-                private_redis.stop()
 
     lookups = {
         (tier, outcome): sample_sum(

@@ -109,6 +109,39 @@ def random_prompt(rng: random.Random, width: int, height: int) -> dict[str, Any]
     return {"points": points, "labels": [1] + [rng.randint(0, 1) for _ in points[1:]]}
 
 
+@dataclass(frozen=True)
+class Visit:
+    """One image opened by an annotator: a new upload, or a return by ``image_id`` only."""
+
+    image_seed: int
+    revisit: bool
+    prompts: tuple[dict[str, Any], ...]
+
+
+def plan(config: LoadConfig) -> list[list[Visit]]:
+    """Every annotator's visits, fixed by the seed before the run (the run only adds resends)."""
+    plans = []
+    width, height = config.image_size
+    for index in range(config.annotators):
+        rng = random.Random(config.seed * 1000 + index)  # noqa: S311 - simulation, not crypto
+        opened: list[int] = []
+        visits = []
+        for n in range(config.images_per_annotator):
+            revisit = bool(opened) and rng.random() < config.revisit_probability
+            if revisit:
+                seed = rng.choice(opened)
+            else:
+                seed = config.seed * 100_000 + index * 1000 + n
+                opened.append(seed)
+            prompts = tuple(
+                random_prompt(rng, width, height)
+                for _ in range(rng.randint(*config.prompts_per_image))
+            )
+            visits.append(Visit(seed, revisit, prompts))
+        plans.append(visits)
+    return plans
+
+
 async def run_load(
     client: httpx.AsyncClient | Sequence[httpx.AsyncClient],
     config: LoadConfig,
@@ -159,28 +192,22 @@ async def run_load(
         result.image_ids.add(image_id)
         return image_id
 
-    async def annotator(index: int) -> None:
-        rng = random.Random(config.seed * 1000 + index)  # noqa: S311 - simulation, not crypto
-        opened: list[bytes] = []
-        width, height = config.image_size
-        for n in range(config.images_per_annotator):
+    async def annotator(visits: list[Visit]) -> None:
+        for visit in visits:
             if time.perf_counter() > deadline:
                 return
-            if opened and rng.random() < config.revisit_probability:
-                image = rng.choice(opened)
+            image = jpeg_image(visit.image_seed, config.image_size)
+            if visit.revisit:
                 image_id: str | None = hashlib.sha256(image).hexdigest()
             else:
-                image = jpeg_image(config.seed * 100_000 + index * 1000 + n, config.image_size)
-                opened.append(image)
                 image_id = await upload(image)
-            for _ in range(rng.randint(*config.prompts_per_image)):
+            for prompt in visit.prompts:
                 if image_id is None or time.perf_counter() > deadline:
                     break
-                body = {"image_id": image_id, "prompts": [random_prompt(rng, width, height)]}
-                response = await call("/segment", json=body)
+                response = await call("/segment", json={"image_id": image_id, "prompts": [prompt]})
                 if response is not None and response.status_code == 404:
                     image_id = await upload(image)  # evicted or never cached: resend
 
-    await asyncio.gather(*(annotator(i) for i in range(config.annotators)))
+    await asyncio.gather(*(annotator(visits) for visits in plan(config)))
     result.wall_s = time.perf_counter() - start
     return result

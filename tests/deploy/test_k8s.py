@@ -199,6 +199,17 @@ def test_autoscalers_use_meaningful_signals(objects: list[dict[str, Any]]) -> No
         (REPO / "k8s" / "monitoring" / "prometheus-adapter-rules.yaml").read_text()
     )
     exported = {rule["name"]["as"] for rule in adapter["rules"]}
+    # Triton's wait is the encoder's queue alone, per request of the encoder: the ensemble
+    # and the preprocessing model see every request too and would dilute it
+    queue_rule = next(
+        r for r in adapter["rules"] if r["name"]["as"] == "triton_queue_time_per_request_us"
+    )
+    selectors = re.findall(r"(nv_inference_\w+)\{([^}]*)\}", queue_rule["metricsQuery"])
+    assert [name for name, _ in selectors] == [
+        "nv_inference_queue_duration_us",
+        "nv_inference_request_success",
+    ]
+    assert all('model=~"efficientsam_encoder.*"' in labels for _, labels in selectors)
     pod_metrics = {
         m["pods"]["metric"]["name"]
         for h in hpas.values()
