@@ -6,10 +6,13 @@
    ``model_repository/`` (``efficientsam`` = preprocessing → encoder, bf16, FP16 between
    them), driven with 1080p JPEG bytes at concurrency 1, 4, 16, 64: images/s, p50/p99,
    requests per encoder execution;
-3. one JSON and one Markdown table in ``--out`` (default ``build/bench/gpu``).
+3. segment everything on one embedding with the decoder on the GPU: the 16×16, 32×32
+   and 64×64 grids (the goal: 32×32 in < 150 ms on an H100), SAM's default thresholds
+   and lenient ones (every candidate upsampled and scored);
+4. one JSON and one Markdown table in ``--out`` (default ``build/bench/gpu``).
 
 ``--dry-run`` runs the same path on the CPU, small (Ti, fp32, batch 1 and 2, the CPU
-configurations, concurrency 1 and 2): a check that the script works, in CI.
+configurations, concurrency 1 and 2, a 2×2 grid): a check that the script works, in CI.
 
     bench/gpu.sh               # on a machine with one NVIDIA GPU
     bench/gpu.sh --dry-run     # anywhere, < 2 minutes
@@ -79,6 +82,34 @@ def model_rows(device: torch.device, dry_run: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def everything_rows(device: torch.device, dry_run: bool) -> list[dict[str, Any]]:
+    """Seconds per image after the embedding, decoder on ``device`` (1080p image)."""
+    from service.core.everything import Crop, EverythingParams, segment_everything
+
+    model = random_model("ti").to(device).eval()
+    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+    width, height = 1920, 1080
+    whole = [Crop((0, 0, width, height), embedding)]
+    lenient = {"pred_iou_thresh": -1.0, "stability_score_thresh": 0.0}
+    segment_everything(model, whole, width, height, EverythingParams(points_per_side=2))
+    rows = []
+    for n in [2] if dry_run else [16, 32, 64]:
+        for name, thresholds in (("SAM defaults", {}), ("lenient", lenient)):
+            params = EverythingParams(points_per_side=n, **thresholds)  # type: ignore[arg-type]
+            start = time.perf_counter()
+            found = segment_everything(model, whole, width, height, params)
+            seconds = time.perf_counter() - start  # the masks come back to the CPU: synced
+            row = {
+                "grid": n,
+                "thresholds": name,
+                "ms": round(seconds * 1e3, 1),
+                "masks": len(found),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 async def triton_rows(
     server: LocalTriton, levels: list[int], per_level: int
 ) -> list[dict[str, Any]]:
@@ -141,6 +172,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['concurrency']} | {r['requests']} | {r['images_per_s']:.1f} | {r['p50_ms']:.0f} "
             f"| {r['p99_ms']:.0f} | {r['requests_per_execution']:.2f} |"
         )
+    lines += [
+        "",
+        "Segment everything after the embedding (1080p, decoder on the benchmark's device):",
+        "",
+        "| grid | thresholds | ms | masks |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in result["everything"]:
+        lines.append(
+            f"| {r['grid']}×{r['grid']} | {r['thresholds']} | {r['ms']:.0f} | {r['masks']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -162,6 +204,7 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }
     result["model"] = model_rows(device, args.dry_run)
+    result["everything"] = everything_rows(device, args.dry_run)
     checkpoint = str(CHECKPOINT) if CHECKPOINT.exists() else "random"
     with tempfile.TemporaryDirectory() as workdir:
         server = LocalTriton(

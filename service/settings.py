@@ -61,6 +61,26 @@ class Settings(BaseSettings):
     encode_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     decoder_device: str = "cpu"
     max_concurrent_decodes: int = Field(default=2, ge=1, le=256)
+    max_everything_jobs: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Segment-everything jobs at once in this process; beyond it 429 at once.",
+    )
+    max_everything_prompts: int = Field(
+        default=64 * 64 * 21,
+        ge=1,
+        le=64 * 64 * 21,
+        description="Decoder prompts one segment-everything job may run: points_per_side² "
+        "per crop (1, +4, +16 crops); beyond it 422. Lower it where the decoder runs on CPU.",
+    )
+    everything_memory_mb: int = Field(
+        default=256,
+        ge=16,
+        le=1 << 20,
+        description="Memory for the full-size logits of one segment-everything job: "
+        "candidates are upsampled in chunks that fit it.",
+    )
     triton_url: str = Field(
         default="grpc://127.0.0.1:8001",
         description="One or more comma-separated grpc://host:port (or http://); a host name "

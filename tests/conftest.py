@@ -86,3 +86,18 @@ def fixture_model(fixture: Fixture) -> EfficientSam:
 @pytest.fixture(scope="session")
 def expected(fixture: Fixture) -> dict[str, np.ndarray]:
     return fixture.expected()
+
+
+Everything = tuple[dict[str, Any], dict[str, np.ndarray]]
+
+
+@pytest.fixture(scope="session")
+def everything(fixture: Fixture) -> Everything:
+    """``everything.json`` and ``everything.npz`` (with ``masks`` unpacked to bool)."""
+    params: dict[str, Any] = json.loads((fixture.root / "everything.json").read_text())
+    with np.load(fixture.root / "everything.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    shape = tuple(int(s) for s in arrays["mask_shape"])
+    bits = np.unpackbits(arrays["masks_packed"], axis=-1)[..., : shape[-1]]
+    arrays["masks"] = bits.reshape(shape).astype(bool)
+    return params, arrays

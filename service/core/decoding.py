@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,7 +16,9 @@ import torch
 from numpy.typing import NDArray
 
 from service.core.embedding import Embedding
+from service.core.everything import Box, Crop, EverythingParams, Proposal, segment_everything
 from service.core.metrics import Metrics
+from service.errors import OverloadedError
 from service.model import EfficientSam
 from service.model.masks import (
     encode_png,
@@ -46,12 +50,33 @@ class DecodeRequest:
     return_logits: bool
 
 
+@dataclass(frozen=True)
+class EverythingMask:
+    proposal: Proposal
+    mask: Any  # per format, as Candidate.mask
+
+
 class Decoder:
-    def __init__(self, model: EfficientSam, *, max_concurrency: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        model: EfficientSam,
+        *,
+        max_concurrency: int,
+        metrics: Metrics,
+        max_everything_jobs: int = 1,
+        everything_memory_bytes: int = 256 << 20,
+    ) -> None:
         self._model = model
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="esam-decoder")
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._everything_limit = max_everything_jobs
+        self._everything_running = 0
+        self._everything_memory = everything_memory_bytes
+
+    @property
+    def everything_jobs_running(self) -> int:
+        return self._everything_running
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -65,6 +90,65 @@ class Decoder:
             self._metrics.decoder_duration.observe(time.perf_counter() - start)
             self._metrics.decoder_prompts.inc(len(request.points))
             return result
+
+    async def everything(
+        self,
+        crops: Sequence[tuple[Box, Embedding]],
+        params: EverythingParams,
+        mask_format: MaskFormat,
+    ) -> list[EverythingMask]:
+        """Segment everything (a long job: at most ``max_everything_jobs`` at once, beyond
+        which 429 at once; it shares the decoder's threads with clicks).
+
+        ``crops``: the whole image's box and embedding first, then any crops'.
+        """
+        if self._everything_running >= self._everything_limit:
+            raise OverloadedError(
+                f"{self._everything_running} segment-everything job(s) already running on "
+                "this replica",
+                retry_after_s=5,
+            )
+        self._everything_running += 1
+        stop = threading.Event()
+        try:
+            async with self._slots:
+                start = time.perf_counter()
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(
+                    self._executor, self._run_everything, crops, params, mask_format, stop
+                )
+                self._metrics.everything_duration.observe(time.perf_counter() - start)
+                self._metrics.decoder_prompts.inc(len(crops) * params.points_per_side**2)
+                return result
+        finally:
+            stop.set()  # a cancelled request stops its job at the next batch
+            self._everything_running -= 1
+
+    def _run_everything(
+        self,
+        crops: Sequence[tuple[Box, Embedding]],
+        params: EverythingParams,
+        mask_format: MaskFormat,
+        stop: threading.Event,
+    ) -> list[EverythingMask]:
+        _, whole = crops[0]
+        found = segment_everything(
+            self._model,
+            [Crop(box, torch.from_numpy(e.as_float32())) for box, e in crops],
+            whole.width,
+            whole.height,
+            params,
+            memory_budget_bytes=self._everything_memory,
+            cancelled=stop.is_set,
+        )
+        out = []
+        for proposal in found:
+            if mask_format in ("png", "polygons"):
+                mask: Any = _encode_mask(proposal.mask, proposal.rle, mask_format)
+            else:
+                mask = proposal.rle if mask_format == "rle" else None
+            out.append(EverythingMask(proposal, mask))
+        return out
 
     def _run(self, request: DecodeRequest) -> list[list[Candidate]]:
         embedding = torch.from_numpy(request.embedding.as_float32())

@@ -77,6 +77,12 @@ class Metrics:
             registry=r,
         )
         self.decoder_prompts = Counter("esam_decoder_prompts_total", "Prompts decoded.", registry=r)
+        self.everything_duration = Histogram(
+            "esam_everything_duration_seconds",
+            "Segment-everything jobs: grid decode, filtering, NMS, masks encoded.",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
         self.singleflight_waits = Counter(
             "esam_singleflight_waits_total",
             "Requests that waited for another request's encode (scope: process, redis_lock).",

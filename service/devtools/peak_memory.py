@@ -28,14 +28,16 @@ from pathlib import Path
 from typing import Any
 
 
-def _status_mb(field: str) -> float:
+def status_mb(field: str) -> float:
+    """A field of /proc/self/status (VmRSS, VmHWM, ...) in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS."""
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
 
 
@@ -83,10 +85,10 @@ def _run(mode: str, data: bytes, concurrency: int, bound: int) -> dict[str, Any]
     with ThreadPoolExecutor(workers) as pool:
         # one-off costs (libraries' first use, each thread's allocator) are not per image
         list(pool.map(work, [tiny.getvalue()] * workers))
-        before = _status_mb("VmRSS")
-        _reset_peak()
+        before = status_mb("VmRSS")
+        reset_peak()
         results = list(pool.map(work, [data] * concurrency))  # held, as while awaiting encode
-        peak = _status_mb("VmHWM")
+        peak = status_mb("VmHWM")
     outcome = str(results[0]) if mode == "header" else "decoded"
     del results
     return {

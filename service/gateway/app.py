@@ -18,6 +18,7 @@ from service.gateway.docs.api_router import router as docs_router
 from service.gateway.embed.api_router import router as embed_router
 from service.gateway.embeddings.api_router import router as embeddings_router
 from service.gateway.errors import register_error_handlers
+from service.gateway.everything.api_router import router as everything_router
 from service.gateway.health.api_router import router as health_router
 from service.gateway.middleware import RequestContextMiddleware, UnhandledErrorMiddleware
 from service.gateway.segment.api_router import router as segment_router
@@ -28,6 +29,8 @@ DESCRIPTION = """
 Interactive segmentation with EfficientSAM. Send an image once (`POST /embed`),
 then any number of point and box prompts (`POST /segment` with its `image_id`):
 the image encoder runs once per image, every prompt only runs the small mask decoder.
+`POST /segment/everything` finds every object from a grid of point prompts on the
+same cached embedding.
 
 Errors are `{"error": {"code", "message"}}` with a stable `code`; every response
 carries `X-Request-Id`.
@@ -59,7 +62,15 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     register_error_handlers(app)
-    for router in (embed_router, segment_router, embeddings_router, health_router, docs_router):
+    routers = (
+        embed_router,
+        segment_router,
+        everything_router,
+        embeddings_router,
+        health_router,
+        docs_router,
+    )
+    for router in routers:
         app.include_router(router)
 
     # Added innermost first. From the outside in: request id + metrics + body limit;

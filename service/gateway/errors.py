@@ -68,7 +68,8 @@ _DESCRIPTIONS: dict[int | str, str] = {
     413: "body or image too large (`image_too_large`)",
     415: "unsupported Content-Type or image format (`unsupported_media_type`)",
     422: "invalid image, prompt or request (`invalid_image`, `invalid_prompt`, `invalid_request`)",
-    429: "the encoder queue is full (`overloaded`); retry after `Retry-After` seconds",
+    429: "the encoder queue is full, or (segment everything) as many jobs as allowed are "
+    "running (`overloaded`); retry after `Retry-After` seconds",
     503: "the encoder is unavailable (`encoder_unavailable`); retry after `Retry-After` seconds",
     "503-delete": "the shared cache could not confirm the delete on every replica "
     "(`cache_unavailable`); retry after `Retry-After` seconds",

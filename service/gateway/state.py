@@ -101,7 +101,11 @@ async def init_state(settings: Settings, checkpoint: str, metrics: Metrics) -> S
         lock_wait_s=settings.lock_wait,
     )
     decoder = Decoder(
-        loaded.model, max_concurrency=settings.max_concurrent_decodes, metrics=metrics
+        loaded.model,
+        max_concurrency=settings.max_concurrent_decodes,
+        metrics=metrics,
+        max_everything_jobs=settings.max_everything_jobs,
+        everything_memory_bytes=settings.everything_memory_mb << 20,
     )
     metrics.model_info.labels(
         loaded.model_id, settings.encoder, settings.cache, settings.embedding_dtype

@@ -26,9 +26,15 @@ class TokenAttention(AttentionBase):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        out = self.attend(
-            self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-        )
+        """Inputs ``[B, tokens, C]``; a batch of 1 broadcasts against the others' B (its
+        projections are computed once, then shared as a view)."""
+        heads = [
+            self._heads(self.q_proj(q)),
+            self._heads(self.k_proj(k)),
+            self._heads(self.v_proj(v)),
+        ]
+        batch = max(t.shape[0] for t in heads)
+        out = self.attend(*(t.expand(batch, -1, -1, -1) for t in heads))
         b, h, n, d = out.shape
         projected: Tensor = self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
         return projected
@@ -77,7 +83,8 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(dim)
 
     def forward(self, image: Tensor, image_pe: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """``image`` and ``image_pe`` are ``[N, HW, C]``; ``tokens`` is ``[N, T, C]``."""
+        """``image`` and ``image_pe`` are ``[N, HW, C]`` or ``[1, HW, C]`` (shared by every
+        prompt); ``tokens`` is ``[N, T, C]``."""
         queries, keys = tokens, image
         for layer in self.layers:
             queries, keys = layer(queries, keys, tokens, image_pe)
@@ -131,9 +138,12 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(n, -1, -1), prompt_tokens], dim=1)
 
-        src = image.flatten(2).transpose(1, 2).expand(n, -1, -1)
-        pos = image_pe.flatten(2).transpose(1, 2).expand(n, -1, -1)
+        # one image for every prompt stays a batch of 1: the first block's projections of
+        # it are computed once; the image-to-token attention makes it one per prompt
+        src = image.flatten(2).transpose(1, 2)
+        pos = image_pe.flatten(2).transpose(1, 2)
         hs, src = self.transformer(src, pos, tokens)
+        src = src.expand(n, -1, -1)
 
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]

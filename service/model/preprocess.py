@@ -215,6 +215,23 @@ class ArrayRows:
         return self._rgb[start:stop]
 
 
+def crop_pngs(
+    data: bytes, boxes: list[tuple[int, int, int, int]], max_pixels: int | None = None
+) -> list[bytes]:
+    """Regions ``(x0, y0, x1, y1)`` (x1, y1 exclusive) of the upright image, each as a PNG.
+
+    Decodes once; the same image and box always give the same bytes (so the same
+    cache key). Only the rows each crop spans are converted at a time.
+    """
+    image = open_image(data, max_pixels)
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        buffer = io.BytesIO()
+        Image.fromarray(image.rows(y0, y1)[:, x0:x1]).save(buffer, format="PNG", compress_level=1)
+        out.append(buffer.getvalue())
+    return out
+
+
 def decode_image(data: bytes, max_pixels: int | None = None) -> RGBImage:
     """Decode to an upright ``H×W×3`` uint8 array (the whole image, for small uses).
 

@@ -18,6 +18,7 @@ async def test_openapi_documents_every_route(gateway: Gateway) -> None:
     assert {
         "/embed",
         "/segment",
+        "/segment/everything",
         "/embeddings/{image_id}",
         "/healthz",
         "/readyz",
@@ -33,6 +34,10 @@ async def test_openapi_documents_every_route(gateway: Gateway) -> None:
     assert links["Segment"]["requestBody"]["image_id"] == "$response.body#/image_id"
     schemas = spec["components"]["schemas"]
     assert schemas["SegmentRequest"]["examples"]
+    assert schemas["EverythingRequest"]["examples"]
+    everything = paths["/segment/everything"]["post"]
+    assert {"404", "422", "429"} <= set(everything["responses"])
+    assert "stability" in everything["description"]
     assert schemas["EmbedResponse"]["examples"]
     docs = await gateway.client.get("/docs")
     assert docs.status_code == 200

@@ -30,7 +30,12 @@ def test_schemathesis_finds_no_server_error(fixture: Fixture, tmp_path: Path) ->
     if not Path(binary).exists():
         pytest.fail("schemathesis is not installed (a dev dependency)")
     gateway = GatewayProcess(
-        {"ESAM_CHECKPOINT": str(fixture.checkpoint), "ESAM_MAX_IMAGE_BYTES": str(256 * 1024)}
+        {
+            "ESAM_CHECKPOINT": str(fixture.checkpoint),
+            "ESAM_MAX_IMAGE_BYTES": str(256 * 1024),
+            # segment-everything jobs of at most an 8×8 grid: seconds each on this CPU
+            "ESAM_MAX_EVERYTHING_PROMPTS": "64",
+        }
     )
     gateway.start()
     try:

@@ -23,7 +23,24 @@ class PromptIn(BaseModel):
     box: list[float] | None = Field(default=None, description="[x0, y0, x1, y1]")
 
 
-class SegmentRequest(BaseModel):
+class ImageRef(BaseModel):
+    """The image a request is about: its ``image_id`` or the image itself, exactly one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: str | None = Field(
+        default=None, pattern=IMAGE_ID_PATTERN, description="From /embed; or send `image`."
+    )
+    image: str | None = Field(default=None, description="base64 image, instead of image_id")
+
+    @model_validator(mode="after")
+    def _one_image(self) -> ImageRef:
+        if (self.image_id is None) == (self.image is None):
+            raise ValueError("send exactly one of image_id and image")
+        return self
+
+
+class SegmentRequest(ImageRef):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -41,20 +58,10 @@ class SegmentRequest(BaseModel):
         },
     )
 
-    image_id: str | None = Field(
-        default=None, pattern=IMAGE_ID_PATTERN, description="From /embed; or send `image`."
-    )
-    image: str | None = Field(default=None, description="base64 image, instead of image_id")
     prompts: list[PromptIn] = Field(min_length=1)
     multimask: bool = Field(default=True, description="3 candidates per prompt; false: 1")
     mask_format: Literal["rle", "png", "polygons", "none"] = "rle"
     return_logits: bool = False
-
-    @model_validator(mode="after")
-    def _one_image(self) -> SegmentRequest:
-        if (self.image_id is None) == (self.image is None):
-            raise ValueError("send exactly one of image_id and image")
-        return self
 
 
 class RleMask(BaseModel):

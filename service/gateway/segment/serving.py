@@ -9,10 +9,12 @@ from numpy.typing import NDArray
 
 from service.core.decoding import Candidate, DecodeRequest
 from service.core.embedding import Embedding
+from service.core.embeddings import SizeCheck
 from service.errors import EmbeddingNotFoundError, InvalidPromptError
 from service.gateway.images import decode_base64_image
 from service.gateway.segment.protocol import (
     CandidateOut,
+    ImageRef,
     Logits,
     PromptResult,
     SegmentRequest,
@@ -43,6 +45,26 @@ def _candidate(candidate: Candidate) -> CandidateOut:
     )
 
 
+async def image_embedding(
+    state: ServingState, ref: ImageRef, check: SizeCheck | None = None
+) -> tuple[str, Embedding, bool]:
+    """``(image_id, embedding, cached)`` of the request's image: from the cache by
+    ``image_id`` (404 when absent), or through an encode of ``image``."""
+    if ref.image_id is not None:
+        embedding = await state.embeddings.lookup(ref.image_id)
+        if embedding is None:
+            raise EmbeddingNotFoundError(
+                f"no cached embedding for image_id {ref.image_id}: send the image again "
+                "(POST /embed, or 'image' in this request)"
+            )
+        if check:
+            check(embedding.width, embedding.height)
+        return ref.image_id, embedding, True
+    assert ref.image is not None
+    result = await state.embeddings.embed(decode_base64_image(ref.image), check=check)
+    return result.image_id, result.embedding, result.cached
+
+
 async def segment(state: ServingState, request: SegmentRequest) -> SegmentResponse:
     if len(request.prompts) > state.settings.max_prompts:
         raise InvalidPromptError(
@@ -54,22 +76,7 @@ async def segment(state: ServingState, request: SegmentRequest) -> SegmentRespon
     def check(width: int, height: int) -> None:
         arrays.append(_prompt_arrays(request, width, height, img_size))
 
-    embedding: Embedding | None
-    if request.image_id is not None:
-        image_id = request.image_id
-        embedding = await state.embeddings.lookup(image_id)
-        if embedding is None:
-            raise EmbeddingNotFoundError(
-                f"no cached embedding for image_id {image_id}: send the image again "
-                "(POST /embed, or 'image' in this request)"
-            )
-        check(embedding.width, embedding.height)
-        cached = True
-    else:
-        assert request.image is not None
-        result = await state.embeddings.embed(decode_base64_image(request.image), check=check)
-        image_id, embedding, cached = result.image_id, result.embedding, result.cached
-
+    image_id, embedding, cached = await image_embedding(state, request, check)
     points, labels = arrays[-1]
     per_prompt = await state.decoder.segment(
         DecodeRequest(

@@ -1,0 +1,95 @@
+"""``POST /segment/everything``: the point grid on the cached embedding (or a fresh encode).
+
+Results are not cached: the embedding (the GPU's work) is, and a repeat costs the
+decoder alone; a result depends on eleven parameters and can weigh megabytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from service.core.embedding import Embedding
+from service.core.everything import Box, EverythingParams, crop_boxes
+from service.errors import InvalidRequestError
+from service.gateway.everything.protocol import (
+    EverythingMaskOut,
+    EverythingRequest,
+    EverythingResponse,
+)
+from service.gateway.images import decode_base64_image
+from service.gateway.segment.serving import image_embedding
+from service.gateway.state import ServingState
+from service.model.preprocess import crop_pngs
+
+
+def _params(request: EverythingRequest) -> EverythingParams:
+    return EverythingParams(
+        points_per_side=request.points_per_side,
+        points_per_batch=request.points_per_batch,
+        pred_iou_thresh=request.pred_iou_thresh,
+        stability_score_thresh=request.stability_score_thresh,
+        stability_score_offset=request.stability_score_offset,
+        box_nms_thresh=request.box_nms_thresh,
+        min_mask_region_area=request.min_mask_region_area,
+        rank_by=request.rank_by,
+        max_masks=request.max_masks,
+        crop_n_layers=request.crop_n_layers,
+    )
+
+
+async def _crop_embeddings(
+    state: ServingState, data: bytes, boxes: list[Box]
+) -> list[tuple[Box, Embedding]]:
+    """Each crop through the same encoder and cache as any image (as a lossless PNG)."""
+    pngs = await asyncio.to_thread(crop_pngs, data, boxes, state.settings.max_image_pixels)
+    crops = []
+    for box, png in zip(boxes, pngs, strict=True):
+        crops.append((box, (await state.embeddings.embed(png)).embedding))
+    return crops
+
+
+async def segment_everything(state: ServingState, request: EverythingRequest) -> EverythingResponse:
+    if request.crop_n_layers and request.image is None:
+        raise InvalidRequestError(
+            "crop_n_layers: crops are cut from the image's pixels: send `image`, not image_id"
+        )
+    crops_per_image = sum(4**layer for layer in range(request.crop_n_layers + 1))
+    prompts = request.points_per_side**2 * crops_per_image
+    limit = state.settings.max_everything_prompts
+    if prompts > limit:
+        raise InvalidRequestError(
+            f"points_per_side, crop_n_layers: {request.points_per_side}² points × "
+            f"{crops_per_image} crop(s) = {prompts} prompts; this deployment allows {limit} "
+            "(ESAM_MAX_EVERYTHING_PROMPTS)"
+        )
+    image_id, embedding, cached = await image_embedding(state, request)
+    width, height = embedding.width, embedding.height
+    crops: list[tuple[Box, Embedding]] = [((0, 0, width, height), embedding)]
+    if request.crop_n_layers:
+        assert request.image is not None
+        extra = crop_boxes(width, height, request.crop_n_layers)[1:]
+        crops += await _crop_embeddings(state, decode_base64_image(request.image), extra)
+
+    found = await state.decoder.everything(crops, _params(request), request.mask_format)
+    masks = []
+    for item in found:
+        p = item.proposal
+        x0, y0, x1, y1 = p.box
+        masks.append(
+            EverythingMaskOut(
+                mask=item.mask,
+                area=p.area,
+                bbox=[float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)],
+                predicted_iou=p.predicted_iou,
+                stability_score=p.stability_score,
+                point=list(p.point),
+            )
+        )
+    return EverythingResponse(
+        image_id=image_id,
+        model=state.model_id,
+        width=width,
+        height=height,
+        cached=cached,
+        masks=masks,
+    )
