@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity clean
+.PHONY: install serve test chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ install: $(STAMP)
 serve: $(STAMP)  ## run the gateway on the embedded default (in-process encoder, memory cache)
 	$(BIN)/python -m service
 
-test: $(STAMP)  ## the whole test suite
+test: $(STAMP) chromium  ## the whole test suite
 	$(BIN)/python -m pytest
+
+# the /docs test drives a real browser: Debian's chromium (Playwright uses it and downloads none)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		echo "chromium not found: installing it from Debian's packages" >&2; \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >&2; }
 
 lint: $(STAMP)  ## ruff + mypy (strict)
 	$(BIN)/ruff check .

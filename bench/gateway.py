@@ -9,7 +9,9 @@ loopback port, then, alternately in the same run:
 * **http**: ``POST /segment`` with the image's ``image_id`` (a cache hit).
 
 at concurrency 1 and 8, and reports p50/p99 and the ratio of p50s. Then cold
-against warm ``POST /embed`` (new images against the same images again).
+against warm ``POST /embed`` (new images against the same images again). Last,
+tracing's overhead: two more gateways, OpenTelemetry off and on (OTLP exporter to
+a port where nothing listens, batch processor), cache-hit ``/segment`` in turns.
 
     python bench/gateway.py                         # fixture checkpoint if present, else random
     python bench/gateway.py --requests 100 --concurrency 1 8
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import platform
@@ -38,6 +41,7 @@ from service.core.embedding import Embedding
 from service.core.loading import load_serving_model
 from service.core.metrics import Metrics
 from service.devtools.gateway_process import GatewayProcess
+from service.devtools.redis_server import free_port
 from service.model.preprocess import decode_image, resize_to_model
 from service.model.prompts import Prompt, prompts_to_arrays
 
@@ -85,6 +89,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--decodes", type=int, default=2, help="ESAM_MAX_CONCURRENT_DECODES")
     parser.add_argument("--cold-images", type=int, default=4)
+    parser.add_argument("--tracing-requests", type=int, default=200, help="per side and round")
     args = parser.parse_args()
 
     fixture_ckpt = FIXTURE / "efficient_sam_vitt_random_seed0.pt"
@@ -170,6 +175,57 @@ async def main() -> None:
         f"/embed cold p50 {cold_s * 1e3:.0f} ms, warm (cache hit) p50 {warm_s * 1e3:.1f} ms, "
         f"cold/warm {cold_s / warm_s:.0f}x"
     )
+    off, on = await tracing_overhead(checkpoint, image, args.tracing_requests, args.rounds)
+    print(
+        f"tracing: cache-hit /segment p50 off {percentile(off, 50) * 1e3:.1f} ms, on (OTLP to "
+        f"nowhere, batch processor) {percentile(on, 50) * 1e3:.1f} ms: "
+        f"{(percentile(on, 50) / percentile(off, 50) - 1) * 100:+.1f} %"
+    )
+
+
+async def tracing_overhead(
+    checkpoint: str, image: bytes, requests: int, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Cache-hit /segment latencies of two gateways, tracing off and on, request by request."""
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens: spans are exported to no one
+    tracing = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": nowhere}
+    servers = {
+        traced: GatewayProcess({"ESAM_CHECKPOINT": checkpoint, **(tracing if traced else {})})
+        for traced in (False, True)
+    }
+    latencies: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        for server in servers.values():
+            server.start()
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {
+                traced: await stack.enter_async_context(
+                    httpx.AsyncClient(base_url=server.url, timeout=300)
+                )
+                for traced, server in servers.items()
+            }
+            bodies = {}
+            for traced, client in clients.items():
+                embedded = await client.post(
+                    "/embed", content=image, headers={"Content-Type": "image/jpeg"}
+                )
+                # no masks in the answer: the figure is the service's own overhead
+                bodies[traced] = {
+                    "image_id": embedded.json()["image_id"],
+                    "prompts": [PROMPT],
+                    "multimask": False,
+                    "mask_format": "none",
+                }
+            for _ in range(rounds * requests):  # in turns, so drift hits both alike
+                for traced, client in clients.items():
+                    start = time.perf_counter()
+                    response = await client.post("/segment", json=bodies[traced])
+                    response.raise_for_status()
+                    latencies[traced].append(time.perf_counter() - start)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return latencies[False], latencies[True]
 
 
 if __name__ == "__main__":

@@ -16,13 +16,16 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
-def logging_config(level: str) -> dict[str, Any]:
+def logging_config(level: str, log_format: str = "text") -> dict[str, Any]:
     fmt = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+    formatter: dict[str, Any] = {"format": fmt}
+    if log_format == "json":
+        formatter = {"()": "service.gateway.json_logs.JsonFormatter"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"request_id": {"()": "service.gateway.request_context.RequestIdFilter"}},
-        "formatters": {"default": {"format": fmt}},
+        "formatters": {"default": formatter},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -47,7 +50,8 @@ def describe(error: ValidationError) -> str:
         if not item["loc"]:  # a check across settings: its message names them
             parts.append(item["msg"].removeprefix("Value error, "))
             continue
-        name = "ESAM_" + "_".join(str(p) for p in item["loc"]).upper()
+        name = "_".join(str(p) for p in item["loc"]).upper()
+        name = name if name.startswith("OTEL_") else "ESAM_" + name
         parts.append(f"{name}: {item['msg']} (got {item.get('input')!r})")
     return "invalid settings: " + "; ".join(parts)
 
@@ -61,6 +65,7 @@ def main() -> int:
 
     from service.core.allocator import return_large_buffers_to_os
     from service.core.loading import resolve_checkpoint
+    from service.core.tracing import configure_tracing
     from service.gateway import build_app
 
     return_large_buffers_to_os()  # decoded images leave no heap behind
@@ -70,16 +75,21 @@ def main() -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     settings = settings.model_copy(update={"checkpoint": checkpoint})
+    provider = configure_tracing(settings.trace_exporters)
     app = build_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_config=logging_config(settings.log_level),
+        log_config=logging_config(settings.log_level, settings.log_format),
         timeout_graceful_shutdown=30,
         proxy_headers=True,
     )
-    DrainingServer(config, app).run()
+    try:
+        DrainingServer(config, app).run()
+    finally:
+        if provider is not None:
+            provider.shutdown()  # the last spans leave before the process does
     return 0
 
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.model import Precision, Variant
@@ -30,7 +30,9 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ESAM_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ESAM_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     # --- model ---------------------------------------------------------------
     variant: Variant | None = Field(
@@ -130,6 +132,27 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="json: one object per line (time, level, logger, message, request id, "
+        "trace and span ids), uvicorn's access log included.",
+    )
+
+    # --- tracing: the standard OpenTelemetry variables (the SDK reads the rest itself) ---
+    otel_traces_exporter: str = Field(
+        default="",
+        validation_alias="OTEL_TRACES_EXPORTER",
+        pattern=r"^\s*((otlp|console|none)\s*(,\s*(otlp|console|none)\s*)*)?$",
+        description="otlp and/or console (comma-separated), or none; unset: otlp when an "
+        "OTLP endpoint is set, else no tracing.",
+    )
+    otel_exporter_otlp_endpoint: str = Field(
+        default="",
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+    )
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
 
     _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
 
@@ -190,6 +213,16 @@ class Settings(BaseSettings):
     @property
     def random_weights(self) -> bool:
         return self.checkpoint == "random"
+
+    @property
+    def trace_exporters(self) -> list[str]:
+        """The span exporters to install; empty: tracing off (the default)."""
+        if self.otel_sdk_disabled:
+            return []
+        names = [n.strip() for n in self.otel_traces_exporter.split(",") if n.strip()]
+        if not names:
+            return ["otlp"] if self.otel_exporter_otlp_endpoint else []
+        return [n for n in dict.fromkeys(names) if n != "none"]
 
     @property
     def lock_wait(self) -> float:

@@ -1,11 +1,14 @@
-"""Hand large freed buffers back to the OS at once (glibc), so decoded images do not linger.
+"""Hand image-sized freed buffers back to the OS at once (glibc), so decoded images do not linger.
 
 glibc serves allocations above a threshold with ``mmap`` and returns them to the OS
-on ``free``, but it raises that threshold each time such a buffer is freed (up to
-32 MiB), after which image-sized buffers come from the heap and stay in the
-process as fragmented free space. Fixing the threshold keeps the memory a decoded
-image used returnable: measured with ``service.devtools.peak_memory``, 8 concurrent
-12 MP JPEGs grow the process by 238 MB instead of 378 MB (docs/reliability.md).
+on ``free``, but it raises that threshold each time such a buffer is freed, after
+which image-sized buffers come from the heap and stay in the process as fragmented
+free space. Fixing the threshold at 32 MiB (the highest the dynamic one would
+reach) keeps every decoded image of more than ~11 MP (RGB) returnable, while the
+mask decoder's tensors (4-25 MB each, allocated afresh for every click) keep coming
+from the heap: fixed at 128 KiB instead, each of them was a fresh ``mmap`` and its
+page faults, and a click cost 114 ms instead of 80 (measured on the fixture's
+decoder, 2 cores). Peak growth per decode: docs/reliability.md ("Memory per decode").
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 log = logging.getLogger(__name__)
 
 _M_MMAP_THRESHOLD = -3  # from <malloc.h>
-MMAP_THRESHOLD_BYTES = 128 * 1024
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 
 
 def return_large_buffers_to_os() -> bool:

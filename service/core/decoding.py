@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from service.core.embedding import Embedding
 from service.core.everything import Box, Crop, EverythingParams, Proposal, segment_everything
 from service.core.metrics import Metrics
+from service.core.tracing import in_context, tracer
 from service.errors import OverloadedError
 from service.model import EfficientSam
 from service.model.masks import (
@@ -86,7 +87,9 @@ class Decoder:
         async with self._slots:
             start = time.perf_counter()
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, self._run, request)
+            with tracer.start_as_current_span("esam.decode") as span:
+                span.set_attribute("esam.prompts", len(request.points))
+                result = await loop.run_in_executor(self._executor, in_context(self._run), request)
             self._metrics.decoder_duration.observe(time.perf_counter() - start)
             self._metrics.decoder_prompts.inc(len(request.points))
             return result
@@ -114,9 +117,21 @@ class Decoder:
             async with self._slots:
                 start = time.perf_counter()
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
-                    self._executor, self._run_everything, crops, params, mask_format, stop
-                )
+                with tracer.start_as_current_span("esam.decode") as span:
+                    span.set_attributes(
+                        {
+                            "esam.prompts": len(crops) * params.points_per_side**2,
+                            "esam.crops": len(crops),
+                        }
+                    )
+                    result = await loop.run_in_executor(
+                        self._executor,
+                        in_context(self._run_everything),
+                        crops,
+                        params,
+                        mask_format,
+                        stop,
+                    )
                 self._metrics.everything_duration.observe(time.perf_counter() - start)
                 self._metrics.decoder_prompts.inc(len(crops) * params.points_per_side**2)
                 return result
@@ -141,14 +156,15 @@ class Decoder:
             memory_budget_bytes=self._everything_memory,
             cancelled=stop.is_set,
         )
-        out = []
-        for proposal in found:
-            if mask_format in ("png", "polygons"):
-                mask: Any = _encode_mask(proposal.mask, proposal.rle, mask_format)
-            else:
-                mask = proposal.rle if mask_format == "rle" else None
-            out.append(EverythingMask(proposal, mask))
-        return out
+        with tracer.start_as_current_span("esam.masks.encode") as span:
+            span.set_attribute("esam.mask_format", mask_format)
+            return [EverythingMask(p, self._everything_mask(p, mask_format)) for p in found]
+
+    @staticmethod
+    def _everything_mask(proposal: Proposal, mask_format: MaskFormat) -> Any:
+        if mask_format in ("png", "polygons"):
+            return _encode_mask(proposal.mask, proposal.rle, mask_format)
+        return proposal.rle if mask_format == "rle" else None
 
     def _run(self, request: DecodeRequest) -> list[list[Candidate]]:
         embedding = torch.from_numpy(request.embedding.as_float32())
@@ -160,6 +176,14 @@ class Decoder:
                 multimask=request.multimask,
             )
             logits, iou = logits.cpu(), iou.cpu()
+        with tracer.start_as_current_span("esam.masks.encode") as span:
+            span.set_attribute("esam.mask_format", request.mask_format)
+            return self._masks(request, logits, iou)
+
+    def _masks(
+        self, request: DecodeRequest, logits: torch.Tensor, iou: torch.Tensor
+    ) -> list[list[Candidate]]:
+        """Full-size masks of every candidate, encoded in the request's format."""
         results = []
         for prompt_logits, prompt_iou in zip(logits, iou, strict=True):
             order = torch.argsort(prompt_iou, descending=True, stable=True)

@@ -22,6 +22,7 @@ from service.core.cache.redis_tier import RedisUnavailableError
 from service.core.embedding import Embedding, EmbeddingDtype, image_id_of
 from service.core.encoders import Encoder
 from service.core.metrics import Metrics
+from service.core.tracing import tracer
 from service.errors import ImageTooLargeError
 from service.model.preprocess import ImageHeader, read_header
 
@@ -108,7 +109,9 @@ class EmbeddingService:
             return EmbedResult(image_id, await asyncio.shield(task), cached=False)
 
         self._metrics.singleflight_waits.labels("process").inc()
-        embedding = await asyncio.shield(task)
+        with tracer.start_as_current_span("esam.singleflight.wait") as span:
+            span.set_attribute("esam.singleflight.scope", "process")
+            embedding = await asyncio.shield(task)
         if check:
             check(embedding.width, embedding.height)
         return EmbedResult(image_id, embedding, cached=True)
@@ -126,7 +129,9 @@ class EmbeddingService:
         async with redis.lock(key) as owned:
             if not owned:
                 self._metrics.singleflight_waits.labels("redis_lock").inc()
-                peer = await self._wait_for_peer(key)
+                with tracer.start_as_current_span("esam.singleflight.wait") as span:
+                    span.set_attribute("esam.singleflight.scope", "redis_lock")
+                    peer = await self._wait_for_peer(key)
                 if peer is not None:
                     return peer
             else:
@@ -155,7 +160,9 @@ class EmbeddingService:
 
     async def _encode_and_store(self, key: str, data: bytes, header: ImageHeader) -> Embedding:
         start = time.perf_counter()
-        out = await self.encoder.encode(data, header)  # the encoder owns the deadline
+        with tracer.start_as_current_span("esam.encode") as span:
+            span.set_attributes({"esam.encoder": self.encoder.name, "esam.image_bytes": len(data)})
+            out = await self.encoder.encode(data, header)  # the encoder owns the deadline
         self._metrics.encoder_images.inc()
         log.debug("encoded %s in %.3fs", key, time.perf_counter() - start)
         embedding = Embedding.from_float32(out.embedding, out.width, out.height, self._dtype)

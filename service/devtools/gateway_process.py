@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -22,7 +23,14 @@ class GatewayProcess:
     The environment is the caller's without any ``ESAM_*`` variable, plus ``settings``.
     """
 
-    def __init__(self, settings: dict[str, str], *, ready_timeout_s: float = 180) -> None:
+    def __init__(
+        self,
+        settings: dict[str, str],
+        *,
+        ready_timeout_s: float = 180,
+        stdout: Path | None = None,
+        stderr: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_timeout_s = ready_timeout_s
@@ -33,6 +41,7 @@ class GatewayProcess:
             **settings,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.stdout, self.stderr = stdout, stderr  # files for the process's output, if given
 
     @property
     def pid(self) -> int:
@@ -40,7 +49,12 @@ class GatewayProcess:
         return self.process.pid
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "service"], env=self.env, cwd=REPO)
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(self.stdout.open("ab")) if self.stdout else None
+            err = files.enter_context(self.stderr.open("ab")) if self.stderr else None
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service"], env=self.env, cwd=REPO, stdout=out, stderr=err
+            )
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
             if self.process.poll() is not None:

@@ -98,4 +98,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         )
     base64_overhead = settings.max_image_bytes * 4 // 3 + (1 << 20)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=base64_overhead)
+    if settings.trace_exporters:
+        # outermost: the server span of every request (its route template as name), the
+        # parent of the esam.* spans; probes and metrics are not traced
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(
+            app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
+        )
     return app

@@ -231,6 +231,11 @@ def test_prod_runs_triton_on_a100s_with_several_replicas() -> None:
     )
     assert gateway["spec"]["replicas"] >= 2
     assert any(o["kind"] == "PrometheusRule" for o in objects)
+    env = {e["name"]: e for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ESAM_LOG_FORMAT"]["value"] == "json"
+    # tracing only where the operator provides a collector: an optional ConfigMap key
+    ref = env["OTEL_EXPORTER_OTLP_ENDPOINT"]["valueFrom"]["configMapKeyRef"]
+    assert ref["optional"] is True
 
 
 def test_dev_is_cpu_only_with_one_replica_each() -> None:

@@ -97,7 +97,7 @@ def test_the_script_prints_the_plan_for_the_stated_constants() -> None:
         timeout=120,
     ).stdout
     row = next(line for line in out.splitlines() if line.startswith("| 1,000 | H100"))
-    # 1000 / 60 × 12 = 200 prompts/s × 0.378 core-s + 13.3 encodes/s × 0.019 = 75.85 cores;
-    # / 4 per pod / 0.7 = 27.1 → 28 pods, 112 cores; 13.3 encodes/s on one H100
-    assert "| 13 | 200 | 1 | 28 (112) |" in row
+    # 1000 / 60 × 12 = 200 prompts/s × 0.277 core-s + 13.3 encodes/s × 0.019 = 55.65 cores;
+    # / 4 per pod / 0.7 = 19.9 → 20 pods, 80 cores; 13.3 encodes/s on one H100
+    assert "| 13 | 200 | 1 | 20 (80) |" in row
     assert row.endswith("| gateway CPU |")

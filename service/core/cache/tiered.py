@@ -14,6 +14,7 @@ from service.core.cache.memory import MemoryCache
 from service.core.cache.redis_tier import RedisTier, RedisUnavailableError
 from service.core.embedding import Embedding
 from service.core.metrics import Metrics
+from service.core.tracing import tracer
 from service.errors import CacheUnavailableError
 
 log = logging.getLogger(__name__)
@@ -48,36 +49,47 @@ class EmbeddingCache:
         self._metrics.redis_up.set(1)
 
     async def get(self, key: str) -> Embedding | None:
-        embedding = self.l1.get(key)
-        self._metrics.cache_lookups.labels("l1", "hit" if embedding else "miss").inc()
+        with tracer.start_as_current_span("esam.cache.lookup") as span:
+            embedding = self.l1.get(key)
+            outcome = "hit" if embedding else "miss"
+            span.set_attributes({"esam.cache.tier": "l1", "esam.cache.outcome": outcome})
+        self._metrics.cache_lookups.labels("l1", outcome).inc()
         if embedding is not None or self.redis is None:
             return embedding
+        with tracer.start_as_current_span("esam.cache.lookup") as span:
+            embedding, outcome = await self._redis_get(key)
+            span.set_attributes({"esam.cache.tier": "redis", "esam.cache.outcome": outcome})
+        self._metrics.cache_lookups.labels("redis", outcome).inc()
+        return embedding
+
+    async def _redis_get(self, key: str) -> tuple[Embedding | None, str]:
+        assert self.redis is not None
         if not self.redis.available:
-            self._metrics.cache_lookups.labels("redis", "error").inc()
-            return None
+            return None, "error"
         fetched_at = self.l1.generation
         try:
             embedding = await self.redis.get(key)
         except RedisUnavailableError as exc:
-            self._metrics.cache_lookups.labels("redis", "error").inc()
             self._redis_error("get", exc)
-            return None
+            return None, "error"
         self._redis_ok()
-        self._metrics.cache_lookups.labels("redis", "hit" if embedding else "miss").inc()
         if embedding is not None:  # unless a DELETE arrived while it was on its way
             self.l1.set(key, embedding, fetched_at=fetched_at)
-        return embedding
+        return embedding, "hit" if embedding else "miss"
 
     async def put(self, key: str, embedding: Embedding) -> None:
-        self.l1.set(key, embedding)
-        if self.redis is None or not self.redis.available:
-            return
-        try:
-            await self.redis.set(key, embedding)
-        except RedisUnavailableError as exc:
-            self._redis_error("set", exc)
-        else:
-            self._redis_ok()
+        with tracer.start_as_current_span("esam.cache.store") as span:
+            self.l1.set(key, embedding)
+            if self.redis is None or not self.redis.available:
+                span.set_attribute("esam.cache.tier", "l1")
+                return
+            span.set_attribute("esam.cache.tier", "l1+redis")
+            try:
+                await self.redis.set(key, embedding)
+            except RedisUnavailableError as exc:
+                self._redis_error("set", exc)
+            else:
+                self._redis_ok()
 
     async def delete(self, key: str) -> None:
         """Delete on every replica, or raise :class:`CacheUnavailableError`."""

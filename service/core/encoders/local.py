@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from opentelemetry import trace
 
 from service.core.batching import Batcher
 from service.core.encoders.base import EncodedImage
@@ -75,8 +76,19 @@ class LocalEncoder:
 
     async def _encode(self, data: bytes) -> NDArray[np.float32]:
         loop = asyncio.get_running_loop()
+        span = trace.get_current_span()  # esam.encode, when tracing
+        start = time.perf_counter()
         pixels = await loop.run_in_executor(self._decode_pool, self._decode, data)
-        return await self._batcher.submit(pixels)
+        decoded = time.perf_counter()
+        embedding = await self._batcher.submit(pixels)
+        span.set_attributes(
+            {
+                "esam.image_decode_ms": round((decoded - start) * 1e3, 2),
+                # waiting for a batch to form and the batch's run
+                "esam.batch_ms": round((time.perf_counter() - decoded) * 1e3, 2),
+            }
+        )
+        return embedding
 
     def _decode(self, data: bytes) -> NDArray[np.float32]:
         self._metrics.image_decodes.inc()

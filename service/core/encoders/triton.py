@@ -29,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 from service.core.circuit import BreakerState, Call, CircuitBreaker
 from service.core.encoders.base import EncodedImage
 from service.core.metrics import Metrics
+from service.core.tracing import trace_headers
 from service.errors import EncoderUnavailableError, InvalidImageError
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,9 @@ class TritonEndpoint:
     async def _infer_once(self, data: bytes) -> EncodedImage:
         await self._check_model()
         infer_input, outputs = self._request(data)
-        result = await self._client.infer(self.model_name, [infer_input], outputs=outputs)
+        result = await self._client.infer(
+            self.model_name, [infer_input], outputs=outputs, headers=trace_headers() or None
+        )
         embedding = result.as_numpy(OUTPUT_NAME)
         size = result.as_numpy(SIZE_NAME)
         if embedding is None or size is None:
