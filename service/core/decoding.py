@@ -112,18 +112,14 @@ class Decoder:
                 retry_after_s=5,
             )
         self._everything_running += 1
+        prompts = len(crops) * params.points_per_side**2
         stop = threading.Event()
         try:
             async with self._slots:
                 start = time.perf_counter()
                 loop = asyncio.get_running_loop()
                 with tracer.start_as_current_span("esam.decode") as span:
-                    span.set_attributes(
-                        {
-                            "esam.prompts": len(crops) * params.points_per_side**2,
-                            "esam.crops": len(crops),
-                        }
-                    )
+                    span.set_attributes({"esam.prompts": prompts, "esam.crops": len(crops)})
                     result = await loop.run_in_executor(
                         self._executor,
                         in_context(self._run_everything),
@@ -133,7 +129,7 @@ class Decoder:
                         stop,
                     )
                 self._metrics.everything_duration.observe(time.perf_counter() - start)
-                self._metrics.decoder_prompts.inc(len(crops) * params.points_per_side**2)
+                self._metrics.decoder_prompts.inc(prompts)
                 return result
         finally:
             stop.set()  # a cancelled request stops its job at the next batch

@@ -105,6 +105,11 @@ def point_grid(points_per_side: int, width: int, height: int) -> NDArray[np.floa
     return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
+def crop_count(n_layers: int) -> int:
+    """How many regions ``crop_boxes`` gives: the image, then 4^i per layer i."""
+    return sum(4**layer for layer in range(n_layers + 1))
+
+
 def crop_boxes(width: int, height: int, n_layers: int) -> list[Box]:
     """The whole image, then each layer's 2^i × 2^i overlapping crops, row by row."""
     boxes: list[Box] = [(0, 0, width, height)]

@@ -31,8 +31,8 @@ class JsonFormatter(logging.Formatter):
         if context.is_valid:
             entry["trace_id"] = format(context.trace_id, "032x")
             entry["span_id"] = format(context.span_id, "016x")
-        args = record.args
-        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+        args = record.args if record.name == "uvicorn.access" else None
+        if isinstance(args, tuple) and len(args) == len(_ACCESS_FIELDS):
             entry.update(zip(_ACCESS_FIELDS, args, strict=True))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -7,9 +7,10 @@ decoder alone; a result depends on eleven parameters and can weigh megabytes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from service.core.embedding import Embedding
-from service.core.everything import Box, EverythingParams, crop_boxes
+from service.core.everything import Box, EverythingParams, crop_boxes, crop_count
 from service.errors import InvalidRequestError
 from service.gateway.everything.protocol import (
     EverythingMaskOut,
@@ -23,18 +24,9 @@ from service.model.preprocess import crop_pngs
 
 
 def _params(request: EverythingRequest) -> EverythingParams:
-    return EverythingParams(
-        points_per_side=request.points_per_side,
-        points_per_batch=request.points_per_batch,
-        pred_iou_thresh=request.pred_iou_thresh,
-        stability_score_thresh=request.stability_score_thresh,
-        stability_score_offset=request.stability_score_offset,
-        box_nms_thresh=request.box_nms_thresh,
-        min_mask_region_area=request.min_mask_region_area,
-        rank_by=request.rank_by,
-        max_masks=request.max_masks,
-        crop_n_layers=request.crop_n_layers,
-    )
+    """The request's parameters of the job (all but the image and the mask format)."""
+    names = {f.name for f in dataclasses.fields(EverythingParams)}
+    return EverythingParams(**request.model_dump(include=names))
 
 
 async def _crop_embeddings(
@@ -53,7 +45,7 @@ async def segment_everything(state: ServingState, request: EverythingRequest) ->
         raise InvalidRequestError(
             "crop_n_layers: crops are cut from the image's pixels: send `image`, not image_id"
         )
-    crops_per_image = sum(4**layer for layer in range(request.crop_n_layers + 1))
+    crops_per_image = crop_count(request.crop_n_layers)
     prompts = request.points_per_side**2 * crops_per_image
     limit = state.settings.max_everything_prompts
     if prompts > limit:
@@ -62,13 +54,14 @@ async def segment_everything(state: ServingState, request: EverythingRequest) ->
             f"{crops_per_image} crop(s) = {prompts} prompts; this deployment allows {limit} "
             "(ESAM_MAX_EVERYTHING_PROMPTS)"
         )
-    image_id, embedding, cached = await image_embedding(state, request)
+    data = None if request.image is None else decode_base64_image(request.image)
+    image_id, embedding, cached = await image_embedding(state, request.image_id, data)
     width, height = embedding.width, embedding.height
     crops: list[tuple[Box, Embedding]] = [((0, 0, width, height), embedding)]
     if request.crop_n_layers:
-        assert request.image is not None
+        assert data is not None
         extra = crop_boxes(width, height, request.crop_n_layers)[1:]
-        crops += await _crop_embeddings(state, decode_base64_image(request.image), extra)
+        crops += await _crop_embeddings(state, data, extra)
 
     found = await state.decoder.everything(crops, _params(request), request.mask_format)
     masks = []

@@ -14,7 +14,6 @@ from service.errors import EmbeddingNotFoundError, InvalidPromptError
 from service.gateway.images import decode_base64_image
 from service.gateway.segment.protocol import (
     CandidateOut,
-    ImageRef,
     Logits,
     PromptResult,
     SegmentRequest,
@@ -46,22 +45,22 @@ def _candidate(candidate: Candidate) -> CandidateOut:
 
 
 async def image_embedding(
-    state: ServingState, ref: ImageRef, check: SizeCheck | None = None
+    state: ServingState, image_id: str | None, data: bytes | None, check: SizeCheck | None = None
 ) -> tuple[str, Embedding, bool]:
-    """``(image_id, embedding, cached)`` of the request's image: from the cache by
-    ``image_id`` (404 when absent), or through an encode of ``image``."""
-    if ref.image_id is not None:
-        embedding = await state.embeddings.lookup(ref.image_id)
+    """``(image_id, embedding, cached)``: from the cache by ``image_id`` (404 when absent),
+    or through an encode of the image file ``data`` (exactly one of the two is given)."""
+    if image_id is not None:
+        embedding = await state.embeddings.lookup(image_id)
         if embedding is None:
             raise EmbeddingNotFoundError(
-                f"no cached embedding for image_id {ref.image_id}: send the image again "
+                f"no cached embedding for image_id {image_id}: send the image again "
                 "(POST /embed, or 'image' in this request)"
             )
         if check:
             check(embedding.width, embedding.height)
-        return ref.image_id, embedding, True
-    assert ref.image is not None
-    result = await state.embeddings.embed(decode_base64_image(ref.image), check=check)
+        return image_id, embedding, True
+    assert data is not None
+    result = await state.embeddings.embed(data, check=check)
     return result.image_id, result.embedding, result.cached
 
 
@@ -76,7 +75,8 @@ async def segment(state: ServingState, request: SegmentRequest) -> SegmentRespon
     def check(width: int, height: int) -> None:
         arrays.append(_prompt_arrays(request, width, height, img_size))
 
-    image_id, embedding, cached = await image_embedding(state, request, check)
+    data = None if request.image is None else decode_base64_image(request.image)
+    image_id, embedding, cached = await image_embedding(state, request.image_id, data, check)
     points, labels = arrays[-1]
     per_prompt = await state.decoder.segment(
         DecodeRequest(
