@@ -7,8 +7,9 @@ free space. Fixing the threshold at 32 MiB (the highest the dynamic one would
 reach) keeps every decoded image of more than ~11 MP (RGB) returnable, while the
 mask decoder's tensors (4-25 MB each, allocated afresh for every click) keep coming
 from the heap: fixed at 128 KiB instead, each of them was a fresh ``mmap`` and its
-page faults, and a click cost 114 ms instead of 80 (measured on the fixture's
-decoder, 2 cores). Peak growth per decode: docs/reliability.md ("Memory per decode").
+page faults, and a cache-hit click through the gateway cost 1.77× the same decode
+called in a process without the setting (``bench/gateway.py``, docs/benchmarks.md).
+Peak growth per decode: docs/reliability.md ("Memory per decode").
 """
 
 from __future__ import annotations
