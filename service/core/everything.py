@@ -110,8 +110,18 @@ def crop_count(n_layers: int) -> int:
     return sum(4**layer for layer in range(n_layers + 1))
 
 
+def densest_grid(max_prompts: int, n_layers: int, ceiling: int) -> int:
+    """The largest ``points_per_side`` (at most ``ceiling``) whose prompts over the image
+    and its crop layers stay within ``max_prompts``; 0 when not even one point fits."""
+    return min(ceiling, math.isqrt(max_prompts // crop_count(n_layers)))
+
+
 def crop_boxes(width: int, height: int, n_layers: int) -> list[Box]:
-    """The whole image, then each layer's 2^i × 2^i overlapping crops, row by row."""
+    """The whole image, then each layer's 2^i × 2^i overlapping crops, row by row.
+
+    On an image a few pixels wide, SAM's layout places some crops past its edge: those
+    (no pixel) are left out, so there are at most ``crop_count(n_layers)`` boxes.
+    """
     boxes: list[Box] = [(0, 0, width, height)]
     for layer in range(1, n_layers + 1):
         per_side = 2**layer
@@ -122,7 +132,9 @@ def crop_boxes(width: int, height: int, n_layers: int) -> list[Box]:
             y0 = (crop_h - overlap) * j
             for i in range(per_side):
                 x0 = (crop_w - overlap) * i
-                boxes.append((x0, y0, min(x0 + crop_w, width), min(y0 + crop_h, height)))
+                x1, y1 = min(x0 + crop_w, width), min(y0 + crop_h, height)
+                if x1 > x0 and y1 > y0:
+                    boxes.append((x0, y0, x1, y1))
     return boxes
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +16,7 @@ from service.core.loading import resolve_checkpoint
 from service.core.metrics import Metrics
 from service.gateway.auth import ApiKeyMiddleware
 from service.gateway.docs.api_router import router as docs_router
+from service.gateway.docs.openapi import deployment_openapi
 from service.gateway.embed.api_router import router as embed_router
 from service.gateway.embeddings.api_router import router as embeddings_router
 from service.gateway.errors import register_error_handlers
@@ -72,6 +74,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in routers:
         app.include_router(router)
+    # the document states this deployment's limits and its API key
+    app.openapi = functools.partial(deployment_openapi, app, settings)  # type: ignore[method-assign]
 
     # Added innermost first. From the outside in: request id + metrics + body limit;
     # CORS (its headers reach every answer, 401 and 500 included); the API key, checked

@@ -25,6 +25,7 @@ from service.errors import (
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
+from service.gateway.protocol_types import BY_ID, WITH_IMAGE
 
 log = logging.getLogger("service.gateway")
 
@@ -114,12 +115,30 @@ def _validation_code(exc: RequestValidationError) -> str:
     return InvalidRequestError.code
 
 
+#: parts of a validation error's location that name no field of the request
+_NOT_A_FIELD = frozenset({"body", BY_ID, WITH_IMAGE})
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p not in _NOT_A_FIELD)
         parts.append(f"{loc or 'body'}: {error.get('msg', 'invalid')}")
     return "; ".join(parts)
+
+
+def _documented_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for this request's path (for a 405's
+    ``Allow``); none for an undocumented path."""
+    segments = request.url.path.split("/")
+    for template, operations in request.app.openapi()["paths"].items():
+        parts = template.split("/")
+        if len(parts) == len(segments) and all(
+            part == segment or (part.startswith("{") and segment)
+            for part, segment in zip(parts, segments, strict=True)
+        ):
+            return sorted(method.upper() for method in operations)
+    return []
 
 
 def register_error_handlers(app: FastAPI) -> None:
@@ -140,7 +159,11 @@ def register_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         status = STATUS.get(code, exc.status_code)
-        return error_response(code, str(exc.detail), status, exc.headers)
+        headers = exc.headers
+        methods = _documented_methods(request) if exc.status_code == 405 else []
+        if methods:  # Starlette names the methods of the first route on the path only
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
+        return error_response(code, str(exc.detail), status, headers)
 
     app.add_exception_handler(EsamError, on_esam_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

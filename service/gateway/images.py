@@ -5,23 +5,39 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Any, Final
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
 from service.errors import InvalidImageError, InvalidRequestError, UnsupportedMediaTypeError
+from service.gateway.examples import EXAMPLE_IMAGE_BASE64
+
+#: The raw-body media types /embed takes: the formats the decoder reads (a JPEG with a
+#: second frame, MPO, is a JPEG), and octet-stream for clients that do not know the type.
+#: The bytes decide the format; the header only has to be one of these.
+IMAGE_MEDIA_TYPES: Final = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+    "application/octet-stream",
+)
+
+_BINARY: Final = {"type": "string", "format": "binary"}
 
 #: OpenAPI description of the three ways to send an image.
 IMAGE_REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "content": {
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        **{media_type: {"schema": _BINARY} for media_type in IMAGE_MEDIA_TYPES},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
                 "required": ["image"],
-                "properties": {"image": {"type": "string", "format": "binary"}},
+                "additionalProperties": False,
+                "properties": {"image": _BINARY},
             }
         },
         "application/json": {
@@ -32,11 +48,14 @@ IMAGE_REQUEST_BODY: dict[str, Any] = {
                 "properties": {
                     "image": {
                         "type": "string",
+                        "format": "byte",
+                        "contentEncoding": "base64",
+                        "minLength": 4,
                         "description": "base64 of the image file (a data: URL prefix is accepted)",
                     }
                 },
             },
-            "example": {"image": "iVBORw0KGgoAAAANSUhEUgAA..."},
+            "example": {"image": EXAMPLE_IMAGE_BASE64},
         },
     },
 }
@@ -60,7 +79,7 @@ def decode_base64_image(value: str, field: str = "image") -> bytes:
 async def read_image(request: Request) -> bytes:
     """The uploaded image's bytes, whichever of the three forms the client used."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type.startswith("image/") or content_type == "application/octet-stream":
+    if content_type in IMAGE_MEDIA_TYPES:
         data = await request.body()
         if not data:
             raise InvalidImageError("the request body is empty")
@@ -68,8 +87,8 @@ async def read_image(request: Request) -> bytes:
     if content_type == "multipart/form-data":
         async with request.form(max_files=1, max_fields=4) as form:
             upload = form.get("image")
-            if not isinstance(upload, UploadFile):
-                raise InvalidRequestError("multipart body needs a file field named 'image'")
+            if not isinstance(upload, UploadFile) or set(form.keys()) != {"image"}:
+                raise InvalidRequestError("multipart body must be one file field named 'image'")
             data = await upload.read()
         if not data:
             raise InvalidImageError("the 'image' field is empty")
@@ -85,6 +104,7 @@ async def read_image(request: Request) -> bytes:
             raise InvalidImageError("image: must be a base64 string")
         return decode_base64_image(payload["image"])
     raise UnsupportedMediaTypeError(
-        f"unsupported Content-Type {content_type or '(none)'}: send image/*, "
-        "multipart/form-data with field 'image', or application/json"
+        f"unsupported Content-Type {content_type or '(none)'}: send the image as "
+        f"{', '.join(IMAGE_MEDIA_TYPES)}, multipart/form-data with field 'image', "
+        "or application/json"
     )

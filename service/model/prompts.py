@@ -33,70 +33,85 @@ class Prompt:
     box: Sequence[float] | None = None
 
 
-def _check_coordinate(value: float, limit: int, axis: str, where: str) -> float:
+def _check_number(value: float, axis: str, where: str) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise InvalidPromptError(f"{where}: {axis} must be a number")
     if not math.isfinite(value):
         raise InvalidPromptError(f"{where}: {axis} is not a finite number")
-    extent = "width" if axis == "x" else "height"
-    if not 0 <= value <= limit:
-        raise InvalidPromptError(
-            f"{where}: {axis}={value:g} is outside the image ({extent} {limit})"
-        )
     return float(value)
 
 
-def _check_point(
-    point: Sequence[float], width: int, height: int, where: str
-) -> tuple[float, float]:
-    if len(point) != 2:
-        raise InvalidPromptError(f"{where}: a point is [x, y], got {len(point)} numbers")
-    return (
-        _check_coordinate(point[0], width, "x", where),
-        _check_coordinate(point[1], height, "y", where),
-    )
+def _check_pair(pair: Sequence[float], what: str, where: str) -> tuple[float, float]:
+    if len(pair) != 2:
+        raise InvalidPromptError(f"{where}: a {what} is [x, y], got {len(pair)} numbers")
+    return _check_number(pair[0], "x", where), _check_number(pair[1], "y", where)
 
 
-def validate_prompt(
-    prompt: Prompt, width: int, height: int, where: str = "prompt", max_points: int = MAX_POINTS
-) -> tuple[list[tuple[float, float]], list[int]]:
-    """Check one prompt against the image size; return its points and labels.
+def _inside(point: tuple[float, float], width: int, height: int, where: str) -> tuple[float, float]:
+    sides = zip(point, "xy", ("width", "height"), (width, height), strict=True)
+    for value, axis, extent, limit in sides:
+        if not 0 <= value <= limit:
+            raise InvalidPromptError(
+                f"{where}: {axis}={value:g} is outside the image ({extent} {limit})"
+            )
+    return point
 
-    A box becomes its two corners (labels 2 and 3), placed before the points.
-    """
+
+def check_prompt_shape(prompt: Prompt, where: str = "prompt", max_points: int = MAX_POINTS) -> None:
+    """What holds for a prompt whatever the image: points or a box, numbers that are
+    finite, one label (1 or 0) per point, an ordered box, at most ``max_points`` points
+    with a box counting as 2."""
     points, labels = list(prompt.points), list(prompt.labels)
     if not points and prompt.box is None:
         raise InvalidPromptError(f"{where}: a prompt needs points or a box")
     if len(points) != len(labels):
         raise InvalidPromptError(f"{where}.labels: {len(labels)} labels for {len(points)} points")
-    out_points: list[tuple[float, float]] = []
-    out_labels: list[int] = []
+    corners = 0
     if prompt.box is not None:
         box = list(prompt.box)
         if len(box) != 4:
             raise InvalidPromptError(
                 f"{where}.box: a box is [x0, y0, x1, y1], got {len(box)} numbers"
             )
-        x0, y0 = _check_point(box[:2], width, height, f"{where}.box")
-        x1, y1 = _check_point(box[2:], width, height, f"{where}.box")
+        x0, y0 = _check_pair(box[:2], "corner", f"{where}.box")
+        x1, y1 = _check_pair(box[2:], "corner", f"{where}.box")
         if x1 <= x0:
             raise InvalidPromptError(f"{where}.box: x1 ({x1:g}) must be greater than x0 ({x0:g})")
         if y1 <= y0:
             raise InvalidPromptError(f"{where}.box: y1 ({y1:g}) must be greater than y0 ({y0:g})")
-        out_points += [(x0, y0), (x1, y1)]
-        out_labels += [LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT]
+        corners = 2
     for i, (point, label) in enumerate(zip(points, labels, strict=True)):
-        out_points.append(_check_point(point, width, height, f"{where}.points[{i}]"))
+        _check_pair(point, "point", f"{where}.points[{i}]")
         if label not in (LABEL_FOREGROUND, LABEL_BACKGROUND) or isinstance(label, bool):
             raise InvalidPromptError(
                 f"{where}.labels[{i}]: must be 1 (foreground) or 0 (background), got {label!r}"
             )
-        out_labels.append(int(label))
-    if len(out_points) > max_points:
+    if len(points) + corners > max_points:
         raise InvalidPromptError(
-            f"{where}: {len(out_points)} points (a box counts as 2); "
+            f"{where}: {len(points) + corners} points (a box counts as 2); "
             f"at most {max_points} per prompt"
         )
+
+
+def validate_prompt(
+    prompt: Prompt, width: int, height: int, where: str = "prompt", max_points: int = MAX_POINTS
+) -> tuple[list[tuple[float, float]], list[int]]:
+    """Check one prompt (its shape, then each coordinate against the image size); return
+    its points and labels. A box becomes its two corners (labels 2 and 3), placed first."""
+    check_prompt_shape(prompt, where, max_points)
+    out_points: list[tuple[float, float]] = []
+    out_labels: list[int] = []
+    if prompt.box is not None:
+        box = [float(v) for v in prompt.box]
+        out_points += [
+            _inside((box[0], box[1]), width, height, f"{where}.box"),
+            _inside((box[2], box[3]), width, height, f"{where}.box"),
+        ]
+        out_labels += [LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT]
+    for i, point in enumerate(prompt.points):
+        xy = (float(point[0]), float(point[1]))
+        out_points.append(_inside(xy, width, height, f"{where}.points[{i}]"))
+    out_labels += [int(label) for label in prompt.labels]
     return out_points, out_labels
 
 

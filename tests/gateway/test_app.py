@@ -26,15 +26,17 @@ async def test_openapi_documents_every_route(gateway: Gateway) -> None:
     } <= set(paths)
     assert {"head", "get", "delete"} <= set(paths["/embeddings/{image_id}"])
     embed_body = paths["/embed"]["post"]["requestBody"]["content"]
-    assert {"image/*", "multipart/form-data", "application/json"} <= set(embed_body)
+    assert {"image/jpeg", "image/png", "multipart/form-data", "application/json"} <= set(embed_body)
     assert "application/x-npy" in paths["/embed"]["post"]["responses"]["200"]["content"]
     links = paths["/embed"]["post"]["responses"]["200"]["links"]
     operation_ids = {op["operationId"] for path in paths.values() for op in path.values()}
     assert {link["operationId"] for link in links.values()} <= operation_ids
     assert links["Segment"]["requestBody"]["image_id"] == "$response.body#/image_id"
     schemas = spec["components"]["schemas"]
-    assert schemas["SegmentRequest"]["examples"]
-    assert schemas["EverythingRequest"]["examples"]
+    for name in ("SegmentByIdRequest", "SegmentWithImageRequest"):
+        assert schemas[name]["examples"]
+    for name in ("EverythingByIdRequest", "EverythingWithImageRequest"):
+        assert schemas[name]["examples"]
     everything = paths["/segment/everything"]["post"]
     assert {"404", "422", "429"} <= set(everything["responses"])
     assert "stability" in everything["description"]

@@ -32,7 +32,9 @@ EMBED_LINKS = {
     response_model=EmbedResponse,
     summary="Compute an image's embedding (once) and cache it",
     description=(
-        "Send the image as the raw body (`Content-Type: image/*`), as multipart field "
+        "Send the image as the raw body (`Content-Type` image/jpeg, image/png, image/webp, "
+        "image/bmp, image/tiff or application/octet-stream: the bytes decide the format), "
+        "as multipart field "
         '`image`, or as JSON `{"image": "<base64>"}`. The embedding is cached under '
         "`image_id` (SHA-256 of the bytes), so later `/segment` calls can send just the id. "
         f"With `Accept: {NPY_MEDIA_TYPE}` the body is the embedding itself and the other "

@@ -8,12 +8,22 @@ from fastapi import APIRouter, Path, Response
 
 from service.errors import EmbeddingNotFoundError
 from service.gateway.errors import delete_error_responses, error_responses
+from service.gateway.examples import EXAMPLE_IMAGE_ID
 from service.gateway.npy import NPY_RESPONSE, npy_response
-from service.gateway.segment.protocol import IMAGE_ID_PATTERN
+from service.gateway.protocol_types import IMAGE_ID_PATTERN
 from service.gateway.state import State
 
 router = APIRouter(prefix="/embeddings", tags=["embeddings"])
-ImageId = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="SHA-256 hex of the image")]
+ImageId = Annotated[
+    str,
+    Path(
+        pattern=IMAGE_ID_PATTERN,
+        description="SHA-256 hex of the image",
+        openapi_examples={
+            "example": {"summary": "POST /embed's example", "value": EXAMPLE_IMAGE_ID}
+        },
+    ),
+]
 
 
 @router.head(

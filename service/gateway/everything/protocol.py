@@ -2,35 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Tag, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from service.gateway.segment.protocol import ImageRef, Polygon, RleMask
+from service.gateway.examples import EXAMPLE_IMAGE_BASE64, EXAMPLE_IMAGE_ID
+from service.gateway.protocol_types import (
+    BY_ID,
+    ONE_IMAGE,
+    WITH_IMAGE,
+    Integer,
+    integral,
+    reject_null,
+)
+from service.gateway.segment.protocol import ById, Polygon, RleMask, WithImage
+
+#: SAM's grid; a deployment whose ESAM_MAX_EVERYTHING_PROMPTS is lower defaults to the
+#: densest grid it allows (its OpenAPI document says which)
+DEFAULT_POINTS_PER_SIDE = 32
 
 
-class EverythingRequest(ImageRef):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "image_id": "5e3c0a1f0b2d4f7e9c8a6b5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f",
-                    "points_per_side": 32,
-                    "pred_iou_thresh": 0.88,
-                    "stability_score_thresh": 0.95,
-                    "box_nms_thresh": 0.7,
-                    "min_mask_region_area": 100,
-                    "mask_format": "rle",
-                }
-            ]
-        },
+class EverythingOptions(BaseModel):
+    """The job's parameters, whichever way the request names the image."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    points_per_side: (
+        SkipJsonSchema[None] | Annotated[int, Field(ge=1, le=64), BeforeValidator(integral)]
+    ) = Field(
+        default=None,
+        description="grid of n × n foreground points over the image (per crop); default 32, "
+        "or the densest grid this deployment allows with the crop layers asked for",
+        json_schema_extra={"default": DEFAULT_POINTS_PER_SIDE},
     )
-
-    points_per_side: int = Field(
-        default=32, ge=1, le=64, description="grid of n × n foreground points over the image"
-    )
-    points_per_batch: int = Field(
+    points_per_batch: Integer = Field(
         default=64, ge=1, le=256, description="points per decoder call (memory against speed)"
     )
     pred_iou_thresh: float = Field(
@@ -48,7 +54,7 @@ class EverythingRequest(ImageRef):
     box_nms_thresh: float = Field(
         default=0.7, ge=0, le=1, description="box IoU above which NMS drops a mask; 1.0: no NMS"
     )
-    min_mask_region_area: int = Field(
+    min_mask_region_area: Integer = Field(
         default=0,
         ge=0,
         le=100_000_000,
@@ -60,15 +66,52 @@ class EverythingRequest(ImageRef):
         description="order (and NMS priority): predicted IoU, or the mean of predicted IoU "
         "and stability (the paper's proposal ranking)",
     )
-    max_masks: int = Field(default=1000, ge=1, le=10_000)
-    crop_n_layers: int = Field(
+    max_masks: Integer = Field(default=1000, ge=1, le=10_000)
+    mask_format: Literal["rle", "png", "polygons", "none"] = "rle"
+
+    _points_per_side_not_null = field_validator("points_per_side", mode="before")(reject_null)
+
+
+class EverythingByIdRequest(EverythingOptions, ById):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "image_id": EXAMPLE_IMAGE_ID,
+                    "points_per_side": 8,
+                    "pred_iou_thresh": 0.88,
+                    "stability_score_thresh": 0.95,
+                    "box_nms_thresh": 0.7,
+                    "min_mask_region_area": 100,
+                    "mask_format": "rle",
+                }
+            ]
+        },
+    )
+
+
+class EverythingWithImageRequest(EverythingOptions, WithImage):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"image": EXAMPLE_IMAGE_BASE64, "points_per_side": 3, "crop_n_layers": 1}]
+        },
+    )
+
+    crop_n_layers: Integer = Field(
         default=0,
         ge=0,
         le=2,
         description="1-2: add SAM's overlapping crops (4, then 16 more), each with its own "
-        "embedding, for small objects; needs `image` (the crops are cut from its pixels)",
+        "embedding, for small objects; only with `image` (the crops are cut from its pixels)",
     )
-    mask_format: Literal["rle", "png", "polygons", "none"] = "rle"
+
+
+#: ``/segment/everything``'s body: the image by id or inline, exactly one.
+EverythingRequest = Annotated[
+    Annotated[EverythingByIdRequest, Tag(BY_ID)]
+    | Annotated[EverythingWithImageRequest, Tag(WITH_IMAGE)],
+    ONE_IMAGE,
+]
 
 
 class EverythingMaskOut(BaseModel):

@@ -10,23 +10,25 @@ import asyncio
 import dataclasses
 
 from service.core.embedding import Embedding
-from service.core.everything import Box, EverythingParams, crop_boxes, crop_count
+from service.core.everything import Box, EverythingParams, crop_boxes, crop_count, densest_grid
 from service.errors import InvalidRequestError
 from service.gateway.everything.protocol import (
+    DEFAULT_POINTS_PER_SIDE,
     EverythingMaskOut,
     EverythingRequest,
     EverythingResponse,
+    EverythingWithImageRequest,
 )
-from service.gateway.images import decode_base64_image
-from service.gateway.segment.serving import image_embedding
+from service.gateway.segment.serving import image_embedding, image_source
 from service.gateway.state import ServingState
 from service.model.preprocess import crop_pngs
 
 
-def _params(request: EverythingRequest) -> EverythingParams:
+def _params(request: EverythingRequest, points_per_side: int) -> EverythingParams:
     """The request's parameters of the job (all but the image and the mask format)."""
-    names = {f.name for f in dataclasses.fields(EverythingParams)}
-    return EverythingParams(**request.model_dump(include=names))
+    names = {f.name for f in dataclasses.fields(EverythingParams)} - {"points_per_side"}
+    names &= set(type(request).model_fields)
+    return EverythingParams(**request.model_dump(include=names), points_per_side=points_per_side)
 
 
 async def _crop_embeddings(
@@ -41,29 +43,27 @@ async def _crop_embeddings(
 
 
 async def segment_everything(state: ServingState, request: EverythingRequest) -> EverythingResponse:
-    if request.crop_n_layers and request.image is None:
-        raise InvalidRequestError(
-            "crop_n_layers: crops are cut from the image's pixels: send `image`, not image_id"
-        )
-    crops_per_image = crop_count(request.crop_n_layers)
-    prompts = request.points_per_side**2 * crops_per_image
+    n_layers = request.crop_n_layers if isinstance(request, EverythingWithImageRequest) else 0
+    crops_per_image = crop_count(n_layers)
     limit = state.settings.max_everything_prompts
+    side = request.points_per_side or max(1, densest_grid(limit, n_layers, DEFAULT_POINTS_PER_SIDE))
+    prompts = side**2 * crops_per_image
     if prompts > limit:
         raise InvalidRequestError(
-            f"points_per_side, crop_n_layers: {request.points_per_side}² points × "
+            f"points_per_side, crop_n_layers: {side}² points × "
             f"{crops_per_image} crop(s) = {prompts} prompts; this deployment allows {limit} "
             "(ESAM_MAX_EVERYTHING_PROMPTS)"
         )
-    data = None if request.image is None else decode_base64_image(request.image)
-    image_id, embedding, cached = await image_embedding(state, request.image_id, data)
+    source_id, data = image_source(request)
+    image_id, embedding, cached = await image_embedding(state, source_id, data)
     width, height = embedding.width, embedding.height
     crops: list[tuple[Box, Embedding]] = [((0, 0, width, height), embedding)]
-    if request.crop_n_layers:
+    if n_layers:
         assert data is not None
-        extra = crop_boxes(width, height, request.crop_n_layers)[1:]
+        extra = crop_boxes(width, height, n_layers)[1:]
         crops += await _crop_embeddings(state, data, extra)
 
-    found = await state.decoder.everything(crops, _params(request), request.mask_format)
+    found = await state.decoder.everything(crops, _params(request, side), request.mask_format)
     masks = []
     for item in found:
         p = item.proposal

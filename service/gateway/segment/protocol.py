@@ -2,54 +2,125 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
-IMAGE_ID_PATTERN = r"^[0-9a-f]{64}$"
+from service.gateway.examples import EXAMPLE_IMAGE_BASE64, EXAMPLE_IMAGE_ID
+from service.gateway.protocol_types import (
+    BY_ID,
+    IMAGE_ID_PATTERN,
+    ONE_IMAGE,
+    WITH_IMAGE,
+    Base64Image,
+    Coordinate,
+    add_to_schema,
+    integral,
+    no_default,
+    reject_null,
+)
+from service.model.prompts import MAX_POINTS, Prompt, check_prompt_shape
+
+Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
+Label = Annotated[int, Field(ge=0, le=1), BeforeValidator(integral)]
 
 
 class PromptIn(BaseModel):
-    """Points with labels, a box, or both; pixel coordinates of the original image."""
+    """Points with labels, a box, or both; pixel coordinates of the original image.
 
-    model_config = ConfigDict(extra="forbid")
+    At most 6 points per prompt, a box counting as 2.
+    """
 
-    points: list[list[float]] = Field(
-        default_factory=list, description="[[x, y], ...]", examples=[[[580, 350]]]
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    points: list[Point] = Field(
+        default_factory=list,
+        max_length=MAX_POINTS,
+        description="[[x, y], ...] pixels, within the image",
     )
-    labels: list[StrictInt] = Field(
-        default_factory=list, description="1 foreground, 0 background; one per point"
+    labels: list[Label] = Field(
+        default_factory=list,
+        max_length=MAX_POINTS,
+        description="1 foreground, 0 background; one per point",
     )
-    box: list[float] | None = Field(default=None, description="[x0, y0, x1, y1]")
-
-
-class ImageRef(BaseModel):
-    """The image a request is about: its ``image_id`` or the image itself, exactly one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    image_id: str | None = Field(
-        default=None, pattern=IMAGE_ID_PATTERN, description="From /embed; or send `image`."
+    box: SkipJsonSchema[None] | Annotated[list[Coordinate], Field(min_length=4, max_length=4)] = (
+        Field(
+            default=None,
+            description="[x0, y0, x1, y1] pixels, x0 < x1 and y0 < y1",
+            json_schema_extra=no_default,
+        )
     )
-    image: str | None = Field(default=None, description="base64 image, instead of image_id")
+
+    _not_null = field_validator("points", "labels", "box", mode="before")(reject_null)
+    # no box: at least one point; a box: at most 4 points (if/then/else, which generated
+    # clients read as one plain class)
+    __get_pydantic_json_schema__ = add_to_schema(
+        {
+            "if": {"not": {"required": ["box"]}},
+            "then": {"required": ["points"], "properties": {"points": {"minItems": 1}}},
+            "else": {"properties": {"points": {"maxItems": MAX_POINTS - 2}}},
+        }
+    )
+
+
+class ById(BaseModel):
+    """The image by the ``image_id`` that /embed returned."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image_id: str = Field(
+        pattern=IMAGE_ID_PATTERN, description="From /embed (SHA-256 hex of the image file)."
+    )
+
+
+class WithImage(BaseModel):
+    """The image itself, encoded (and cached) on the way when it is new."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image: Base64Image = Field(
+        description="base64 of the image file (a data: URL prefix is accepted)"
+    )
+
+
+class SegmentOptions(BaseModel):
+    """What ``/segment`` asks of an image, whichever way it names the image."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompts: list[PromptIn] = Field(
+        min_length=1, description="at most ESAM_MAX_PROMPTS (this document's maxItems)"
+    )
+    multimask: bool = Field(default=True, description="3 candidates per prompt; false: 1")
+    mask_format: Literal["rle", "png", "polygons", "none"] = "rle"
+    return_logits: bool = False
 
     @model_validator(mode="after")
-    def _one_image(self) -> ImageRef:
-        if (self.image_id is None) == (self.image is None):
-            raise ValueError("send exactly one of image_id and image")
+    def _prompts_have_a_shape(self) -> SegmentOptions:
+        """422 ``invalid_prompt`` before any image is looked up or decoded."""
+        for i, p in enumerate(self.prompts):
+            check_prompt_shape(Prompt(p.points, p.labels, p.box), f"prompts[{i}]")
         return self
 
 
-class SegmentRequest(ImageRef):
+class SegmentByIdRequest(SegmentOptions, ById):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
-                    "image_id": "5e3c0a1f0b2d4f7e9c8a6b5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f",
+                    "image_id": EXAMPLE_IMAGE_ID,
                     "prompts": [
-                        {"points": [[580, 350]], "labels": [1]},
-                        {"box": [480, 250, 720, 600]},
+                        {"points": [[32, 24]], "labels": [1]},
+                        {"box": [14, 6, 50, 42]},
                     ],
                     "multimask": True,
                     "mask_format": "rle",
@@ -58,10 +129,26 @@ class SegmentRequest(ImageRef):
         },
     )
 
-    prompts: list[PromptIn] = Field(min_length=1)
-    multimask: bool = Field(default=True, description="3 candidates per prompt; false: 1")
-    mask_format: Literal["rle", "png", "polygons", "none"] = "rle"
-    return_logits: bool = False
+
+class SegmentWithImageRequest(SegmentOptions, WithImage):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "image": EXAMPLE_IMAGE_BASE64,
+                    "prompts": [{"points": [[32, 24]], "labels": [1]}],
+                    "multimask": False,
+                }
+            ]
+        },
+    )
+
+
+#: ``/segment``'s body: the image by id or inline, exactly one (``oneOf`` in the schema).
+SegmentRequest = Annotated[
+    Annotated[SegmentByIdRequest, Tag(BY_ID)] | Annotated[SegmentWithImageRequest, Tag(WITH_IMAGE)],
+    ONE_IMAGE,
+]
 
 
 class RleMask(BaseModel):

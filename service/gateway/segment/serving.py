@@ -13,16 +13,25 @@ from service.core.embeddings import SizeCheck
 from service.errors import EmbeddingNotFoundError, InvalidPromptError
 from service.gateway.images import decode_base64_image
 from service.gateway.segment.protocol import (
+    ById,
     CandidateOut,
     Logits,
     PromptResult,
     SegmentRequest,
     SegmentResponse,
+    WithImage,
 )
 from service.gateway.state import ServingState
 from service.model.prompts import Prompt, prompts_to_arrays
 
 PromptArrays = tuple[NDArray[np.float32], NDArray[np.float32]]
+
+
+def image_source(request: ById | WithImage) -> tuple[str | None, bytes | None]:
+    """``(image_id, None)``, or ``(None, the image file)`` decoded from base64."""
+    if isinstance(request, WithImage):
+        return None, decode_base64_image(request.image)
+    return request.image_id, None
 
 
 def _prompt_arrays(request: SegmentRequest, width: int, height: int, img_size: int) -> PromptArrays:
@@ -75,8 +84,7 @@ async def segment(state: ServingState, request: SegmentRequest) -> SegmentRespon
     def check(width: int, height: int) -> None:
         arrays.append(_prompt_arrays(request, width, height, img_size))
 
-    data = None if request.image is None else decode_base64_image(request.image)
-    image_id, embedding, cached = await image_embedding(state, request.image_id, data, check)
+    image_id, embedding, cached = await image_embedding(state, *image_source(request), check)
     points, labels = arrays[-1]
     per_prompt = await state.decoder.segment(
         DecodeRequest(

@@ -1,0 +1,98 @@
+"""This deployment's OpenAPI document: FastAPI's, plus what the settings decide.
+
+The request models state every rule that does not depend on configuration; limits set
+by ``Settings`` (prompts per request, image bytes, the segment-everything budget) and
+the API key are added here, so the document served is exactly what this server accepts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.core.everything import densest_grid
+from service.gateway.auth import OPEN_PATHS
+from service.gateway.everything.protocol import DEFAULT_POINTS_PER_SIDE
+from service.settings import Settings
+
+JsonObject = dict[str, Any]
+SECURITY_SCHEME = "apiKey"
+
+
+def deployment_openapi(app: FastAPI, settings: Settings) -> JsonObject:
+    """Built once per app; ``app.openapi`` returns it."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        schemas = document["components"]["schemas"]
+        for name in ("SegmentByIdRequest", "SegmentWithImageRequest"):
+            schemas[name]["properties"]["prompts"]["maxItems"] = settings.max_prompts
+        _limit_image_size(document, settings.max_image_bytes)
+        _everything_budget(schemas, settings.max_everything_prompts)
+        if settings.api_keys:
+            _require_api_key(document)
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+def _limit_image_size(document: JsonObject, max_image_bytes: int) -> None:
+    """Base64 images: at most the length of ``ESAM_MAX_IMAGE_BYTES`` bytes in base64."""
+    max_length = 4 * math.ceil(max_image_bytes / 3)
+    embed_json = document["paths"]["/embed"]["post"]["requestBody"]["content"]["application/json"]
+    images = [
+        embed_json["schema"]["properties"]["image"],
+        document["components"]["schemas"]["SegmentWithImageRequest"]["properties"]["image"],
+        document["components"]["schemas"]["EverythingWithImageRequest"]["properties"]["image"],
+    ]
+    for image in images:
+        image["maxLength"] = max_length
+
+
+def _everything_budget(schemas: JsonObject, max_prompts: int) -> None:
+    """``ESAM_MAX_EVERYTHING_PROMPTS`` bounds points_per_side² × crops: the grid without
+    crops, the crop depths it allows, and (if/then) a smaller grid for each depth."""
+    ceiling = 0
+    for name in ("EverythingByIdRequest", "EverythingWithImageRequest"):
+        points_per_side = schemas[name]["properties"]["points_per_side"]
+        ceiling = int(points_per_side["maximum"])
+        points_per_side["maximum"] = densest_grid(max_prompts, 0, ceiling)
+        points_per_side["default"] = densest_grid(max_prompts, 0, DEFAULT_POINTS_PER_SIDE)
+    with_image = schemas["EverythingWithImageRequest"]
+    crop_n_layers = with_image["properties"]["crop_n_layers"]
+    depths = range(int(crop_n_layers["maximum"]) + 1)
+    allowed = [n for n in depths if densest_grid(max_prompts, n, ceiling) >= 1]
+    crop_n_layers["maximum"] = allowed[-1]
+    rule: JsonObject = {}
+    for n in reversed(allowed[1:]):
+        grid = densest_grid(max_prompts, n, ceiling)
+        if grid < ceiling:
+            rule = {
+                "if": {
+                    "required": ["crop_n_layers"],
+                    "properties": {"crop_n_layers": {"const": n}},
+                },
+                "then": {"properties": {"points_per_side": {"maximum": grid}}},
+                **({"else": rule} if rule else {}),
+            }
+    with_image.update(rule)
+
+
+def _require_api_key(document: JsonObject) -> None:
+    """Bearer keys on every operation but the probes and the metrics."""
+    document["components"]["securitySchemes"] = {
+        SECURITY_SCHEME: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "one of ESAM_API_KEYS",
+        }
+    }
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            operation["security"] = [] if path in OPEN_PATHS else [{SECURITY_SCHEME: []}]
