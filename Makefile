@@ -5,14 +5,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity clean
+.PHONY: install serve test chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity bench-precompute clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of PyTorch; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the Python client and `esam` command (their own package, no torch), for the tests
+	$(BIN)/python -m pip install --quiet -e ./client
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -75,6 +77,9 @@ bench-gpu-dry-run: $(STAMP)  ## the same path on the CPU, small (< 2 minutes; CI
 
 bench-memory: $(STAMP)  ## peak memory of decoding a 50 MP PNG and 8 concurrent 12 MP JPEGs, before/after
 	$(BIN)/python bench/decode_memory.py
+
+bench-precompute: $(STAMP)  ## esam embed over 200 images at concurrency 1 and 8, then again (nothing sent)
+	$(BIN)/python bench/precompute.py
 
 bench-capacity: $(STAMP)  ## capacity table (1k/10k/100k annotators); CHECK=1: predict a local load run and compare
 	$(BIN)/python bench/capacity.py $(if $(CHECK),--check)

@@ -1,0 +1,15 @@
+"""What a request to the gateway can fail with: the gateway's error, or no answer."""
+
+from __future__ import annotations
+
+
+class EsamError(Exception):
+    """The gateway answered with an error: ``{"error": {"code", "message"}}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class EmbeddingNotFoundError(EsamError):
+    """404 ``embedding_not_found``: the image must be sent again."""
