@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     # --- HTTP ------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    ui: bool | None = Field(
+        default=None,
+        description="The demo page at /ui; unset: on with the embedded encoder, off with Triton.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -209,6 +213,10 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError("; ".join(unknown))
         return self
+
+    @property
+    def ui_enabled(self) -> bool:
+        return self.ui if self.ui is not None else self.encoder == "local"
 
     @property
     def random_weights(self) -> bool:

@@ -111,3 +111,10 @@ def test_no_checkpoint_and_no_download_explains_what_to_do(tmp_path: Path) -> No
     assert "ESAM_CHECKPOINT" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.glob("*.pt")) == []
+
+
+def test_the_demo_page_is_on_by_default_only_when_embedded() -> None:
+    assert Settings().ui_enabled
+    assert not Settings(encoder="triton").ui_enabled
+    assert Settings(encoder="triton", ui=True).ui_enabled
+    assert not Settings(ui=False).ui_enabled

@@ -25,6 +25,7 @@ from service.gateway.health.api_router import router as health_router
 from service.gateway.middleware import RequestContextMiddleware, UnhandledErrorMiddleware
 from service.gateway.segment.api_router import router as segment_router
 from service.gateway.state import init_state
+from service.gateway.ui.api_router import router as ui_router
 from service.settings import Settings
 
 DESCRIPTION = """
@@ -74,6 +75,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in routers:
         app.include_router(router)
+    if settings.ui_enabled:
+        app.include_router(ui_router)
     # the document states this deployment's limits and its API key
     app.openapi = functools.partial(deployment_openapi, app, settings)  # type: ignore[method-assign]
 

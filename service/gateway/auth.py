@@ -2,8 +2,9 @@
 
 A request without a valid key gets its 401 as soon as its headers have arrived:
 no byte of its body is received or parsed. ``/healthz``, ``/readyz`` and
-``/metrics`` stay open (probes and scrapers); every other path, ``/docs`` and
-``/openapi.json`` included, needs the key. Keys are compared in constant time.
+``/metrics`` stay open (probes and scrapers), and the demo page's files under ``/ui``;
+every other path, ``/docs`` and ``/openapi.json`` included, needs the key. Keys are
+compared in constant time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from service.gateway.errors import render
 
 #: Paths served without a key: liveness, readiness and metrics.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: the demo page's static files (no secret in them; its API calls carry the key)
+OPEN_PREFIX = "/ui"
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path == OPEN_PREFIX or path.startswith(OPEN_PREFIX + "/")
 
 
 def check_bearer(authorization: str, keys: Sequence[str]) -> None:
@@ -39,7 +46,7 @@ class ApiKeyMiddleware:
         self.keys = list(keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not self.keys or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         authorization = ""

@@ -183,3 +183,21 @@ async def test_readiness_turns_503_once_shutdown_begins(gateway: Gateway) -> Non
     assert ready.status_code == 503
     assert ready.json()["status"] == "not_ready"
     assert server.should_exit  # uvicorn's own shutdown still starts
+
+
+async def test_the_demo_page_is_served_as_its_setting_says(
+    gateway_factory: GatewayFactory,
+) -> None:
+    key = "ui-setting-key-0123456789"
+    async with gateway_factory(api_keys=[key]) as gw:  # embedded: on by default
+        page = await gw.client.get("/ui")
+        assert page.status_code == 200  # the page's files need no key
+        assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+        assert '<input id="file" type="file"' in page.text
+        script = await gw.client.get("/ui/app.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert (await gw.client.get("/ui/config.json")).json()["api_key_required"] is True
+        assert (await gw.client.get("/ui/secrets.txt")).status_code == 404
+        assert_error(await gw.client.post("/embed", content=png_bytes()), 401, "unauthorized")
+    async with gateway_factory(ui=False) as gw:
+        assert_error(await gw.client.get("/ui"), 404, "not_found")

@@ -1,0 +1,288 @@
+// The demo page: open an image, click or drag, see the mask. Plain browser JavaScript;
+// every request goes to this gateway (the same origin), nothing else is loaded.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  file: null, imageId: null, width: 0, height: 0, scale: 1,
+  points: [], box: null, candidates: [], selected: 0, everything: null,
+};
+
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function status(text) { $("status").textContent = text; }
+
+async function call(path, options) {
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...options.headers } });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error(body.error ? `${body.error.code}: ${body.error.message}` : response.statusText);
+    error.code = body.error && body.error.code;
+    throw error;
+  }
+  return body;
+}
+
+// COCO compressed RLE (pycocotools' string form) → column-major run lengths → mask
+function decodeRle(rle) {
+  const [height, width] = rle.size;
+  const s = rle.counts;
+  const runs = [];
+  let p = 0;
+  while (p < s.length) {
+    let x = 0, k = 0, more = true;
+    while (more) {
+      const c = s.charCodeAt(p) - 48;
+      x |= (c & 0x1f) << (5 * k);
+      more = (c & 0x20) !== 0;
+      p += 1; k += 1;
+      if (!more && (c & 0x10)) x |= -1 << (5 * k);
+    }
+    if (runs.length > 2) x += runs[runs.length - 2];
+    runs.push(x);
+  }
+  const mask = new Uint8Array(width * height);  // row-major for drawing
+  let index = 0;
+  runs.forEach((run, n) => {
+    if (n % 2 === 1) {
+      for (let i = index; i < index + run; i += 1) {
+        const column = Math.floor(i / height), row = i % height;
+        mask[row * width + column] = 1;
+      }
+    }
+    index += run;
+  });
+  return { mask, width, height };
+}
+
+function maskCanvas(masks) {
+  // the masks at the image's resolution, each in its colour
+  const canvas = document.createElement("canvas");
+  canvas.width = state.width; canvas.height = state.height;
+  const context = canvas.getContext("2d");
+  const pixels = context.createImageData(state.width, state.height);
+  masks.forEach(({ rle, colour }) => {
+    const { mask } = decodeRle(rle);
+    for (let i = 0; i < mask.length; i += 1) {
+      if (mask[i]) pixels.data.set(colour, i * 4);
+    }
+  });
+  context.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+function render() {
+  const overlay = $("overlay");
+  const context = overlay.getContext("2d");
+  context.clearRect(0, 0, overlay.width, overlay.height);
+  let masks = [];
+  if (state.everything) {
+    masks = state.everything.map((m, n) => ({
+      rle: m.mask, colour: [(n * 97) % 256, (n * 57 + 80) % 256, (n * 151 + 160) % 256, 130],
+    }));
+    $("score").textContent = `${state.everything.length} masks`;
+  } else if (state.candidates.length) {
+    const candidate = state.candidates[state.selected];
+    masks = [{ rle: candidate.mask, colour: [47, 111, 237, 140] }];
+    $("score").textContent = candidate.score.toFixed(3);
+  } else {
+    $("score").textContent = "–";
+  }
+  if (masks.length) {
+    context.imageSmoothingEnabled = false;
+    context.drawImage(maskCanvas(masks), 0, 0, overlay.width, overlay.height);
+  }
+  document.querySelectorAll("#candidates button").forEach((button, n) => {
+    button.disabled = state.everything !== null || n >= state.candidates.length;
+    button.setAttribute("aria-pressed", String(!state.everything && n === state.selected && n < state.candidates.length));
+  });
+  const hasMask = !state.everything && state.candidates.length > 0;
+  $("download-png").disabled = !hasMask;
+  $("download-coco").disabled = !hasMask && !state.everything;
+  $("clear").disabled = !state.points.length && !state.box && !state.everything;
+  overlay.dataset.state = JSON.stringify({
+    imageId: state.imageId, width: state.width, height: state.height,
+    prompt: currentPrompt(), selected: state.selected, masks: masks.length,
+  });
+  drawMarks();
+}
+
+function drawMarks() {
+  const marks = $("marks");
+  const context = marks.getContext("2d");
+  context.clearRect(0, 0, marks.width, marks.height);
+  const s = state.scale;
+  if (state.box) {
+    const [x0, y0, x1, y1] = state.box;
+    context.strokeStyle = "#ffb000"; context.lineWidth = 2;
+    context.strokeRect(x0 * s, y0 * s, (x1 - x0) * s, (y1 - y0) * s);
+  }
+  state.points.forEach(({ x, y, label }) => {
+    context.beginPath();
+    context.arc(x * s, y * s, 5, 0, 2 * Math.PI);
+    context.fillStyle = label ? "#19c37d" : "#e5484d";
+    context.fill();
+    context.strokeStyle = "#fff"; context.stroke();
+  });
+}
+
+function currentPrompt() {
+  const prompt = {};
+  if (state.points.length) {
+    prompt.points = state.points.map(({ x, y }) => [x, y]);
+    prompt.labels = state.points.map(({ label }) => label);
+  }
+  if (state.box) prompt.box = state.box;
+  return prompt;
+}
+
+async function embed() {
+  const body = await call("/embed", {
+    method: "POST", body: state.file,
+    headers: { "Content-Type": state.file.type || "application/octet-stream" },
+  });
+  state.imageId = body.image_id;
+  return body;
+}
+
+async function segment() {
+  if (!state.points.length && !state.box) { state.candidates = []; render(); return; }
+  const multimask = state.points.length === 1 && !state.box;
+  const request = () => call("/segment", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ image_id: state.imageId, prompts: [currentPrompt()], multimask, mask_format: "rle" }),
+  });
+  status("Segmenting…");
+  const started = performance.now();
+  let answer;
+  try {
+    answer = await request();
+  } catch (error) {
+    if (error.code !== "embedding_not_found") throw error;
+    await embed();  // evicted: send the image again, once
+    answer = await request();
+  }
+  state.everything = null;
+  state.candidates = answer.results[0].candidates;
+  state.selected = 0;
+  render();
+  status(`Mask in ${Math.round(performance.now() - started)} ms.`);
+}
+
+async function everything() {
+  status("Finding every object…");
+  const started = performance.now();
+  const answer = await call("/segment/everything", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ image_id: state.imageId, mask_format: "rle" }),
+  });
+  state.points = []; state.box = null; state.candidates = [];
+  state.everything = answer.masks;
+  render();
+  status(`${answer.masks.length} objects in ${Math.round(performance.now() - started)} ms.`);
+}
+
+async function openFile(file) {
+  state.file = file;
+  state.points = []; state.box = null; state.candidates = []; state.everything = null;
+  const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+  state.width = bitmap.width; state.height = bitmap.height;
+  const stage = $("stage");
+  state.scale = Math.min(1, (stage.clientWidth - 4) / bitmap.width);
+  for (const id of ["image", "overlay", "marks"]) {
+    $(id).width = Math.round(bitmap.width * state.scale);
+    $(id).height = Math.round(bitmap.height * state.scale);
+  }
+  stage.style.height = `${$("image").height + 4}px`;
+  $("image").getContext("2d").drawImage(bitmap, 0, 0, $("image").width, $("image").height);
+  $("drop-hint").hidden = true;
+  status("Encoding…");
+  const started = performance.now();
+  const body = await embed();
+  $("everything").disabled = false;
+  render();
+  status(`${body.cached ? "Cached" : "Encoded"} in ${Math.round(performance.now() - started)} ms: click the image.`);
+}
+
+function imagePoint(event) {
+  const rect = $("marks").getBoundingClientRect();
+  const x = (event.clientX - rect.left) / state.scale, y = (event.clientY - rect.top) / state.scale;
+  return [Math.min(Math.max(x, 0), state.width), Math.min(Math.max(y, 0), state.height)];
+}
+
+function download(name, blob) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob); link.download = name;
+  document.body.append(link); link.click(); link.remove();
+}
+
+function coco() {
+  const entries = state.everything
+    ? state.everything.map((m) => ({ segmentation: m.mask, area: m.area, bbox: m.bbox, score: m.predicted_iou }))
+    : [state.candidates[state.selected]].map((c) => ({ segmentation: c.mask, area: c.area, bbox: c.bbox, score: c.score }));
+  return {
+    images: [{ id: 1, file_name: state.file.name, width: state.width, height: state.height }],
+    annotations: entries.map((entry, n) => ({ id: n + 1, image_id: 1, category_id: 1, ...entry })),
+    categories: [{ id: 1, name: "object" }],
+  };
+}
+
+function guard(action) {
+  return (...args) => action(...args).catch((error) => status(`Error: ${error.message}`));
+}
+
+function setUp() {
+  const marks = document.createElement("canvas");
+  marks.id = "marks";
+  $("stage").append(marks);
+  let start = null;
+  marks.addEventListener("contextmenu", (event) => event.preventDefault());
+  marks.addEventListener("mousedown", (event) => { if (state.imageId) start = imagePoint(event); });
+  marks.addEventListener("mouseup", guard(async (event) => {
+    if (!start) return;
+    const end = imagePoint(event);
+    const dragged = Math.hypot((end[0] - start[0]) * state.scale, (end[1] - start[1]) * state.scale) > 6;
+    if (dragged) {
+      state.box = [Math.min(start[0], end[0]), Math.min(start[1], end[1]), Math.max(start[0], end[0]), Math.max(start[1], end[1])];
+    } else {
+      const background = event.button === 2 || event.altKey;
+      state.points.push({ x: end[0], y: end[1], label: background ? 0 : 1 });
+    }
+    start = null;
+    await segment();
+  }));
+  $("file").addEventListener("change", guard(async () => { if ($("file").files[0]) await openFile($("file").files[0]); }));
+  const stage = $("stage");
+  stage.addEventListener("dragover", (event) => { event.preventDefault(); stage.classList.add("dragging"); });
+  stage.addEventListener("dragleave", () => stage.classList.remove("dragging"));
+  stage.addEventListener("drop", guard(async (event) => {
+    event.preventDefault(); stage.classList.remove("dragging");
+    if (event.dataTransfer.files[0]) await openFile(event.dataTransfer.files[0]);
+  }));
+  document.querySelectorAll("#candidates button").forEach((button) => {
+    button.addEventListener("click", () => { state.selected = Number(button.dataset.candidate); render(); });
+  });
+  $("clear").addEventListener("click", () => {
+    state.points = []; state.box = null; state.candidates = []; state.everything = null; render();
+  });
+  $("everything").addEventListener("click", guard(everything));
+  $("download-png").addEventListener("click", () => {
+    maskCanvas([{ rle: state.candidates[state.selected].mask, colour: [255, 255, 255, 255] }])
+      .toBlob((blob) => download("mask.png", blob), "image/png");
+  });
+  $("download-coco").addEventListener("click", () => {
+    download("masks.json", new Blob([JSON.stringify(coco())], { type: "application/json" }));
+  });
+  const key = $("api-key");
+  key.value = sessionStorage.getItem("esam-api-key") || "";
+  key.addEventListener("change", () => sessionStorage.setItem("esam-api-key", key.value));
+  fetch("/ui/config.json").then((r) => r.json()).then((config) => {
+    $("key-field").hidden = !config.api_key_required;
+    $("model").textContent = config.model;
+  });
+}
+
+setUp();

@@ -1,0 +1,144 @@
+"""The demo page at /ui in a real browser (Debian chromium, headless, via Playwright).
+
+The annotator's path: open the page (no key needed for it), enter the API key, upload
+the fixture image, click a point, see the mask; switch candidates; download the mask
+as PNG and COCO JSON; "everything". The overlay is compared pixel by pixel with the
+mask ``/segment`` returns for the same prompt, and no request leaves the gateway.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+from playwright.sync_api import Page, Route, expect, sync_playwright
+from pycocotools import mask as mask_utils
+
+from service.devtools.gateway_process import REPO, GatewayProcess
+from tests.conftest import Fixture
+from tests.gateway.test_docs_page import chromium_path
+
+KEY = "ui-test-key-0123456789"
+ARTIFACTS = REPO / "build" / "test-artifacts"
+#: the page's CSP forbids eval, so the test waits with Playwright's assertions (which need
+#: none), never with wait_for_function (which evals its predicate in the page)
+SLOW_MS = 180_000
+
+
+def overlay(page: Page) -> tuple[dict[str, Any], np.ndarray]:
+    """The page's state and the overlay canvas's alpha channel."""
+    state = json.loads(page.eval_on_selector("#overlay", "c => c.dataset.state"))
+    alpha = page.evaluate(
+        """() => {
+            const c = document.getElementById('overlay');
+            const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            const alpha = [];
+            for (let i = 3; i < data.length; i += 4) alpha.push(data[i]);
+            return [c.width, c.height, alpha];
+        }"""
+    )
+    width, height, values = alpha
+    return state, np.asarray(values, dtype=np.uint8).reshape(height, width)
+
+
+def agreement(alpha: np.ndarray, mask: np.ndarray) -> float:
+    """Share of canvas pixels where 'overlay drawn' equals the mask at that image pixel."""
+    height, width = alpha.shape
+    rows = np.minimum((np.arange(height) + 0.5) * mask.shape[0] / height, mask.shape[0] - 1)
+    cols = np.minimum((np.arange(width) + 0.5) * mask.shape[1] / width, mask.shape[1] - 1)
+    expected = mask[rows.astype(int)][:, cols.astype(int)]
+    return float(np.mean((alpha > 0) == expected))
+
+
+def test_click_to_mask_in_a_real_browser(fixture: Fixture, tmp_path: Path) -> None:
+    settings = {
+        "ESAM_CHECKPOINT": str(fixture.checkpoint),
+        "ESAM_API_KEYS": KEY,
+        "ESAM_MAX_EVERYTHING_PROMPTS": "64",  # "everything": an 8×8 grid on this CPU
+    }
+    requested: list[str] = []
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with GatewayProcess(settings) as gateway, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            context = browser.new_context(
+                accept_downloads=True, viewport={"width": 1400, "height": 900}
+            )
+            page = context.new_page()
+
+            def only_the_gateway(route: Route) -> None:
+                requested.append(route.request.url)
+                if route.request.url.startswith(gateway.url + "/"):
+                    route.continue_()
+                else:
+                    route.abort()
+
+            page.route("**/*", only_the_gateway)
+            response = page.goto(f"{gateway.url}/ui")
+            assert response is not None
+            assert response.status == 200  # no key for the page
+            page.wait_for_selector("#key-field:not([hidden])")  # the gateway needs a key
+            page.fill("#api-key", KEY)
+            page.dispatch_event("#api-key", "change")
+            page.set_input_files("#file", str(fixture.image_path))
+            expect(page.locator("#status")).to_contain_text("click", timeout=SLOW_MS)
+
+            box = page.locator("#marks").bounding_box()
+            assert box is not None
+            page.mouse.click(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5)
+            expect(page.locator("#status")).to_contain_text("Mask in", timeout=SLOW_MS)
+            state, alpha = overlay(page)
+            assert (state["width"], state["height"]) == (1072, 603)
+            assert state["prompt"]["labels"] == [1]
+            page.screenshot(path=str(ARTIFACTS / "ui-click.png"))
+
+            # the same prompt straight to the API: the page shows its best candidate
+            headers = {"Authorization": f"Bearer {KEY}"}
+            body = {"image_id": state["imageId"], "prompts": [state["prompt"]], "multimask": True}
+            api = httpx.post(f"{gateway.url}/segment", json=body, headers=headers, timeout=120)
+            candidates = api.json()["results"][0]["candidates"]
+            masks = [mask_utils.decode(c["mask"]).astype(bool) for c in candidates]
+            assert page.text_content("#score") == f"{candidates[0]['score']:.3f}"
+            assert agreement(alpha, masks[0]) > 0.99
+            assert (alpha > 0).any() == masks[0].any()
+
+            page.click("#candidates button[data-candidate='2']")
+            state, alpha = overlay(page)
+            assert state["selected"] == 2
+            assert agreement(alpha, masks[2]) > 0.99
+
+            with page.expect_download() as png_download:
+                page.click("#download-png")
+            png = Image.open(io.BytesIO(Path(png_download.value.path()).read_bytes()))
+            assert png.size == (1072, 603)
+            np.testing.assert_array_equal(np.asarray(png.convert("L")) > 0, masks[2])
+            with page.expect_download() as coco_download:
+                page.click("#download-coco")
+            document = json.loads(Path(coco_download.value.path()).read_text())
+            assert document["images"][0]["width"] == 1072
+            assert document["annotations"][0]["segmentation"] == candidates[2]["mask"]
+
+            # a right-click adds a background point: one prompt of two points now
+            page.mouse.click(
+                box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.2, button="right"
+            )
+            two_points = re.compile(r'"labels":\[1,0\]')
+            expect(page.locator("#overlay")).to_have_attribute("data-state", two_points)
+            state, _ = overlay(page)
+            assert state["prompt"]["labels"] == [1, 0]
+
+            page.click("#everything")
+            expect(page.locator("#status")).to_contain_text("objects in", timeout=SLOW_MS)
+            state, alpha = overlay(page)
+            page.screenshot(path=str(ARTIFACTS / "ui-everything.png"))
+            assert page.text_content("#score") == f"{state['masks']} masks"
+        finally:
+            browser.close()
+    assert requested
+    assert all(url.startswith(gateway.url + "/") for url in requested), requested
