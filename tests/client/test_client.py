@@ -51,7 +51,7 @@ def gateway(fixture: Fixture) -> Iterator[GatewayProcess]:
 
 def uploads(gateway: GatewayProcess) -> float:
     """POST /embed requests the gateway has answered (its own metrics)."""
-    text = httpx.get(f"{gateway.url}/metrics").text
+    text = httpx.get(f"{gateway.url}/metrics", timeout=60).text
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
@@ -112,7 +112,8 @@ def test_segment_by_id_uploads_again_once_after_eviction(
     with EsamClient(gateway.url, api_key=KEY) as client:
         embedded = client.embed(path)
         headers = {"Authorization": f"Bearer {KEY}"}
-        deleted = httpx.delete(f"{gateway.url}/embeddings/{embedded.image_id}", headers=headers)
+        url = f"{gateway.url}/embeddings/{embedded.image_id}"
+        deleted = httpx.delete(url, headers=headers, timeout=60)
         assert deleted.status_code == 204
         with pytest.raises(EmbeddingNotFoundError):  # by id alone: the gateway's 404
             client.segment([Prompt(points=[(20, 12)])], image_id=embedded.image_id)

@@ -28,6 +28,7 @@ PACKAGE = "efficient_sam_serving_client"  # from the document's title
 
 SCRIPT = """
 import base64, json, sys
+import httpx
 from efficient_sam_serving_client import AuthenticatedClient
 from efficient_sam_serving_client.api.embeddings import embed, has_embedding
 from efficient_sam_serving_client.api.segmentation import segment
@@ -39,7 +40,8 @@ from efficient_sam_serving_client.types import File
 
 url, key, image_path = sys.argv[1:4]
 png = open(image_path, "rb").read()
-client = AuthenticatedClient(base_url=url, token=key)
+# an encode can take seconds on a busy CI machine: httpx's default 5 s is too short
+client = AuthenticatedClient(base_url=url, token=key, timeout=httpx.Timeout(300))
 as_json = embed.sync(client=client, body=EmbedJsonBody(image=base64.b64encode(png).decode()))
 as_file = embed.sync(client=client, body=File(payload=png, file_name="a.png"))
 assert isinstance(as_json, EmbedResponse) and isinstance(as_file, EmbedResponse)
@@ -86,7 +88,7 @@ def test_a_generated_client_embeds_segments_and_reads_errors(
         {"ESAM_CHECKPOINT": str(fixture.checkpoint), "ESAM_API_KEYS": KEY}
     ) as gateway:
         headers = {"Authorization": f"Bearer {KEY}"}
-        document = httpx.get(f"{gateway.url}/openapi.json", headers=headers).json()
+        document = httpx.get(f"{gateway.url}/openapi.json", headers=headers, timeout=60).json()
         (tmp_path / "openapi.json").write_text(json.dumps(document))
         generated = subprocess.run(
             [
@@ -121,7 +123,9 @@ def test_a_generated_client_embeds_segments_and_reads_errors(
         result = json.loads(run.stdout)
         body = {"image_id": result["json"]["image_id"], "multimask": False}
         body["prompts"] = [{"points": [[20, 12]], "labels": [1]}]
-        direct = httpx.post(f"{gateway.url}/segment", json=body, headers=headers).json()
+        direct = httpx.post(
+            f"{gateway.url}/segment", json=body, headers=headers, timeout=300
+        ).json()
     assert result["json"]["image_id"] == result["file"]["image_id"]
     assert (result["json"]["width"], result["json"]["height"]) == (64, 48)
     assert result["cached"] == 204
