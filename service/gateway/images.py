@@ -8,10 +8,12 @@ import json
 from typing import Any, Final
 
 from fastapi import Request
+from pydantic import TypeAdapter
 from starlette.datastructures import UploadFile
 
 from service.errors import InvalidImageError, InvalidRequestError, UnsupportedMediaTypeError
 from service.gateway.examples import EXAMPLE_IMAGE_BASE64
+from service.gateway.protocol_types import Base64Image
 
 #: The raw-body media types /embed takes: the formats the decoder reads (a JPEG with a
 #: second frame, MPO, is a JPEG), and octet-stream for clients that do not know the type.
@@ -47,10 +49,7 @@ IMAGE_REQUEST_BODY: dict[str, Any] = {
                 "additionalProperties": False,
                 "properties": {
                     "image": {
-                        "type": "string",
-                        "format": "byte",
-                        "contentEncoding": "base64",
-                        "minLength": 4,
+                        **TypeAdapter(Base64Image).json_schema(),
                         "description": "base64 of the image file (a data: URL prefix is accepted)",
                     }
                 },
