@@ -33,4 +33,9 @@ def test_concurrent_decodes_are_bounded(tmp_path: Path) -> None:
     held_inputs_mb = 8 * 12  # eight [3, 1024, 1024] float32 inputs awaiting their encode
     bounded = measure("current", path, concurrency=8, bound=2)
     per_decode = (bounded["growth_mb"] - held_inputs_mb) / 2
-    assert per_decode <= 2 * bounded["decoded_uint8_mb"], bounded
+    # a decode in flight holds its uint8 image plus the resize's bands; allocator and thread
+    # noise spread a quiet 2-core machine's figure over 1.6-2.1x the uint8 image
+    assert per_decode <= 3 * bounded["decoded_uint8_mb"], bounded
+    # the same work with all eight decodes at once, in the same run: the bound is what saves
+    unbounded = measure("current", path, concurrency=8, bound=8)
+    assert bounded["growth_mb"] < 0.6 * unbounded["growth_mb"], (bounded, unbounded)
