@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity bench-precompute clean
+.PHONY: install serve test chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity bench-precompute bench-ui-decoder ui-assets clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ install: $(STAMP)
 serve: $(STAMP)  ## run the gateway on the embedded default (in-process encoder, memory cache)
 	$(BIN)/python -m service
 
-test: $(STAMP) chromium  ## the whole test suite
+test: $(STAMP) chromium ui-assets  ## the whole test suite
 	$(BIN)/python -m pytest
 
 # the /docs test drives a real browser: Debian's chromium (Playwright uses it and downloads none)
@@ -31,6 +31,22 @@ chromium:
 		echo "chromium not found: installing it from Debian's packages" >&2; \
 		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
 		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >&2; }
+
+# the demo page's optional in-browser decoder: onnxruntime-web's files, pinned by the lockfile
+# (with integrity hashes), served under /ui/ort/ when present (ESAM_UI_ASSETS_DIR)
+UI_ASSETS := build/ui-assets
+UI_LOCK   := service/gateway/ui/assets/package.json service/gateway/ui/assets/package-lock.json
+$(UI_ASSETS)/.installed: $(UI_LOCK)
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "npm not found: installing it from Debian's packages" >&2; \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq npm >&2; }
+	mkdir -p $(UI_ASSETS)
+	cp $(UI_LOCK) $(UI_ASSETS)/
+	cd $(UI_ASSETS) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+ui-assets: $(UI_ASSETS)/.installed  ## onnxruntime-web for the demo page's in-browser decoder
 
 lint: $(STAMP)  ## ruff + mypy (strict)
 	$(BIN)/ruff check .
@@ -80,6 +96,9 @@ bench-memory: $(STAMP)  ## peak memory of decoding a 50 MP PNG and 8 concurrent 
 
 bench-precompute: $(STAMP)  ## esam embed over 200 images at concurrency 1 and 8, then again (nothing sent)
 	$(BIN)/python bench/precompute.py
+
+bench-ui-decoder: $(STAMP) chromium ui-assets  ## demo page: click-to-mask in the browser (WebAssembly) vs /segment
+	$(BIN)/python bench/ui_decoder.py
 
 bench-capacity: $(STAMP)  ## capacity table (1k/10k/100k annotators); CHECK=1: predict a local load run and compare
 	$(BIN)/python bench/capacity.py $(if $(CHECK),--check)

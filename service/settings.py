@@ -10,6 +10,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -132,6 +133,14 @@ class Settings(BaseSettings):
     ui: bool | None = Field(
         default=None,
         description="The demo page at /ui; unset: on with the embedded encoder, off with Triton.",
+    )
+    ui_assets_dir: Path = Field(
+        default=Path("build/ui-assets"),
+        description=(
+            "Where `make ui-assets` put onnxruntime-web: when its files are there (and the "
+            "onnx extra is installed), the demo page also decodes clicks in the browser; the "
+            "exported decoder is kept in its models/ folder."
+        ),
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)

@@ -2,7 +2,8 @@
 
 A request without a valid key gets its 401 as soon as its headers have arrived:
 no byte of its body is received or parsed. ``/healthz``, ``/readyz`` and
-``/metrics`` stay open (probes and scrapers), and the demo page's files under ``/ui``;
+``/metrics`` stay open (probes and scrapers), and the demo page's files under ``/ui``
+but for the model it decodes with in the browser (``/ui/models/``: weights);
 every other path, ``/docs`` and ``/openapi.json`` included, needs the key. Keys are
 compared in constant time.
 """
@@ -21,10 +22,14 @@ from service.gateway.errors import render
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 #: the demo page's static files (no secret in them; its API calls carry the key)
 OPEN_PREFIX = "/ui"
+#: below the page: the model's weights, fetched by the page with the key
+KEYED_UI_PREFIX = "/ui/models/"
 
 
 def is_open(path: str) -> bool:
-    return path in OPEN_PATHS or path == OPEN_PREFIX or path.startswith(OPEN_PREFIX + "/")
+    if path in OPEN_PATHS or path == OPEN_PREFIX:
+        return True
+    return path.startswith(OPEN_PREFIX + "/") and not path.startswith(KEYED_UI_PREFIX)
 
 
 def check_bearer(authorization: str, keys: Sequence[str]) -> None:

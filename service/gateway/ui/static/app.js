@@ -1,11 +1,17 @@
 // The demo page: open an image, click or drag, see the mask. Plain browser JavaScript;
 // every request goes to this gateway (the same origin), nothing else is loaded.
+// With the in-browser decoder installed (make ui-assets), each click is also decoded in
+// the page (browser-decoder.js) and both click-to-mask latencies are shown.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = {
   file: null, imageId: null, width: 0, height: 0, scale: 1,
   points: [], box: null, candidates: [], selected: 0, everything: null,
+  // the in-browser decoder: its module, ONNX session and the open image's embedding
+  browser: null, session: null, embedding: null, source: "server", shown: "server",
+  decoderOffered: false, decoderLoading: false, keyRequired: false,
+  results: { server: [], browser: [] }, latency: { server: null, browser: null },
 };
 
 function authHeaders() {
@@ -106,7 +112,11 @@ function render() {
   overlay.dataset.state = JSON.stringify({
     imageId: state.imageId, width: state.width, height: state.height,
     prompt: currentPrompt(), selected: state.selected, masks: masks.length,
+    source: state.everything ? "everything" : state.shown, latency: state.latency,
   });
+  const ms = (value) => (value === null ? "–" : `${Math.round(value)} ms`);
+  $("latency-server").textContent = ms(state.latency.server);
+  $("latency-browser").textContent = ms(state.latency.browser);
   drawMarks();
 }
 
@@ -140,12 +150,32 @@ function currentPrompt() {
 }
 
 async function embed() {
-  const body = await call("/embed", {
+  const headers = { "Content-Type": state.file.type || "application/octet-stream" };
+  if (!state.session) {
+    const body = await call("/embed", { method: "POST", body: state.file, headers });
+    state.imageId = body.image_id;
+    return body;
+  }
+  // the in-browser decoder needs the embedding itself: the same call, answered as .npy
+  const response = await fetch("/embed", {
     method: "POST", body: state.file,
-    headers: { "Content-Type": state.file.type || "application/octet-stream" },
+    headers: { ...authHeaders(), ...headers, Accept: "application/x-npy" },
   });
-  state.imageId = body.image_id;
-  return body;
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body.error ? `${body.error.code}: ${body.error.message}` : response.statusText);
+  }
+  state.embedding = state.browser.parseNpy(await response.arrayBuffer());
+  state.imageId = response.headers.get("X-Image-Id");
+  return { image_id: state.imageId, cached: response.headers.get("X-Cached") === "true" };
+}
+
+async function decodeHere(prompt, multimask) {
+  const started = performance.now();
+  const candidates = await state.browser.decodeInBrowser(
+    state.session, state.embedding, prompt, state.width, state.height, multimask);
+  candidates[0].mask;  // click to mask: the best candidate's full-size mask is part of it
+  return { candidates, ms: performance.now() - started };
 }
 
 async function segment() {
@@ -156,6 +186,10 @@ async function segment() {
     body: JSON.stringify({ image_id: state.imageId, prompts: [currentPrompt()], multimask, mask_format: "rle" }),
   });
   status("Segmenting…");
+  const prompt = currentPrompt();
+  if (state.session && !state.embedding) await embed();  // the decoder became ready since
+  // one path after the other: each latency is its own, not the other's wait
+  const here = state.session && state.embedding ? await decodeHere(prompt, multimask) : null;
   const started = performance.now();
   let answer;
   try {
@@ -165,11 +199,22 @@ async function segment() {
     await embed();  // evicted: send the image again, once
     answer = await request();
   }
+  const serverMs = performance.now() - started;
   state.everything = null;
-  state.candidates = answer.results[0].candidates;
+  state.results = { server: answer.results[0].candidates, browser: here ? here.candidates : [] };
+  state.latency = { server: serverMs, browser: here ? here.ms : null };
   state.selected = 0;
+  showSource();
+  status(here
+    ? `Mask in ${Math.round(here.ms)} ms in the browser, ${Math.round(serverMs)} ms from the server.`
+    : `Mask in ${Math.round(serverMs)} ms.`);
+}
+
+function showSource() {
+  const source = state.source === "browser" && state.results.browser.length ? "browser" : "server";
+  state.candidates = state.results[source];
+  state.shown = source;
   render();
-  status(`Mask in ${Math.round(performance.now() - started)} ms.`);
 }
 
 async function everything() {
@@ -180,6 +225,7 @@ async function everything() {
     body: JSON.stringify({ image_id: state.imageId, mask_format: "rle" }),
   });
   state.points = []; state.box = null; state.candidates = [];
+  state.results = { server: [], browser: [] };
   state.everything = answer.masks;
   render();
   status(`${answer.masks.length} objects in ${Math.round(performance.now() - started)} ms.`);
@@ -188,6 +234,8 @@ async function everything() {
 async function openFile(file) {
   state.file = file;
   state.points = []; state.box = null; state.candidates = []; state.everything = null;
+  state.results = { server: [], browser: [] }; state.latency = { server: null, browser: null };
+  state.embedding = null;
   const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
   state.width = bitmap.width; state.height = bitmap.height;
   const stage = $("stage");
@@ -199,6 +247,7 @@ async function openFile(file) {
   stage.style.height = `${$("image").height + 4}px`;
   $("image").getContext("2d").drawImage(bitmap, 0, 0, $("image").width, $("image").height);
   $("drop-hint").hidden = true;
+  guard(startBrowserDecoder)();
   status("Encoding…");
   const started = performance.now();
   const body = await embed();
@@ -266,7 +315,8 @@ function setUp() {
     button.addEventListener("click", () => { state.selected = Number(button.dataset.candidate); render(); });
   });
   $("clear").addEventListener("click", () => {
-    state.points = []; state.box = null; state.candidates = []; state.everything = null; render();
+    state.points = []; state.box = null; state.candidates = []; state.everything = null;
+    state.results = { server: [], browser: [] }; render();
   });
   $("everything").addEventListener("click", guard(everything));
   $("download-png").addEventListener("click", () => {
@@ -278,11 +328,49 @@ function setUp() {
   });
   const key = $("api-key");
   key.value = sessionStorage.getItem("esam-api-key") || "";
-  key.addEventListener("change", () => sessionStorage.setItem("esam-api-key", key.value));
+  key.addEventListener("change", () => {
+    sessionStorage.setItem("esam-api-key", key.value);
+    guard(startBrowserDecoder)();  // the decoder's weights need the key
+  });
   fetch("/ui/config.json").then((r) => r.json()).then((config) => {
     $("key-field").hidden = !config.api_key_required;
     $("model").textContent = config.model;
+    state.decoderOffered = config.browser_decoder;
+    state.keyRequired = config.api_key_required;
+    guard(startBrowserDecoder)();  // at once, or when the key is entered
   });
+  document.querySelectorAll("input[name=source]").forEach((radio) => {
+    radio.addEventListener("change", () => { state.source = radio.value; state.selected = 0; showSource(); });
+  });
+}
+
+// loads once; a failure (say, no key yet) lets a later key or image try again
+async function startBrowserDecoder() {
+  if (!state.decoderOffered || state.session || state.decoderLoading) return;
+  if (state.keyRequired && !$("api-key").value.trim()) return;
+  const indicator = $("browser-decoder");
+  $("paths").hidden = false;
+  indicator.dataset.state = "loading";
+  indicator.textContent = "loading…";
+  state.decoderLoading = true;
+  try {
+    state.browser = await import("/ui/browser-decoder.js");
+    const loaded = await state.browser.loadDecoder(authHeaders());
+    state.session = loaded.session;
+    indicator.dataset.threads = String(loaded.threads);
+  } catch (error) {
+    indicator.dataset.state = "failed";
+    indicator.textContent = `unavailable (${error.message})`;
+    state.browser = null; state.session = null;
+    return;
+  } finally {
+    state.decoderLoading = false;
+  }
+  state.source = "browser";
+  $("source-browser").checked = true;
+  indicator.dataset.state = "ready";
+  indicator.textContent = `ready (WebAssembly, ${indicator.dataset.threads} thread${indicator.dataset.threads === "1" ? "" : "s"})`;
+  if (state.imageId && !state.embedding) await embed();  // an image opened meanwhile
 }
 
 setUp();
