@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity bench-precompute bench-ui-decoder ui-assets clean
+.PHONY: install serve test chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity bench-precompute bench-ui-decoder bench-brush-rle ui-assets clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,9 @@ bench-memory: $(STAMP)  ## peak memory of decoding a 50 MP PNG and 8 concurrent 
 
 bench-precompute: $(STAMP)  ## esam embed over 200 images at concurrency 1 and 8, then again (nothing sent)
 	$(BIN)/python bench/precompute.py
+
+bench-brush-rle: $(STAMP)  ## Label Studio brush RLE of 12 MP masks: vectorised vs label_studio_sdk
+	$(BIN)/python bench/brush_rle.py
 
 bench-ui-decoder: $(STAMP) chromium ui-assets  ## demo page: click-to-mask in the browser (WebAssembly) vs /segment
 	$(BIN)/python bench/ui_decoder.py

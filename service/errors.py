@@ -49,6 +49,20 @@ class UnauthorizedError(EsamError):
     code = "unauthorized"
 
 
+class ImageUrlNotAllowedError(EsamError):
+    """An image URL the service must not fetch: scheme, host off the allow-list, or an
+    address that is loopback, private, link-local or otherwise not public (SSRF)."""
+
+    code = "image_url_not_allowed"
+
+
+# --- upstream failures -----------------------------------------------------------
+class ImageFetchError(EsamError):
+    """The image's host answered with an error, too slowly, or not at all."""
+
+    code = "image_fetch_failed"
+
+
 # --- server-side conditions ----------------------------------------------------
 class OverloadedError(EsamError):
     code = "overloaded"

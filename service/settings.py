@@ -144,6 +144,37 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+
+    # --- Label Studio ML backend (/labelstudio) and fetching images by URL ------------
+    label_studio_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/\s]+(/\S*)?$",
+        description="Label Studio's address: its /data/... image paths are fetched from it "
+        "(with the API key below), and its host is allowed even on a private address.",
+    )
+    label_studio_api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="A Personal Access Token (exchanged at /api/token/refresh/) or a legacy "
+        "token, sent only to Label Studio's own host.",
+    )
+    label_studio_preannotate: Literal["none", "everything"] = Field(
+        default="none",
+        description="A prediction without a click (opening a task, Retrieve predictions): "
+        "the image is encoded and cached either way; none answers an empty result, "
+        "everything the segment-everything masks as brush regions.",
+    )
+    label_studio_everything: dict[str, float | int | str] = Field(
+        default_factory=dict,
+        description="JSON: segment-everything parameters for that pre-annotation "
+        '(as /segment/everything\'s, e.g. {"points_per_side": 16, "pred_iou_thresh": 0.8}).',
+    )
+    fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts whose image URLs may be fetched besides Label Studio's: names, "
+        "*.example.com, IP addresses or CIDRs (only a named address may be non-public).",
+    )
+    fetch_timeout_s: float = Field(default=10, gt=0, le=300)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = Field(
         default="text",
@@ -167,7 +198,9 @@ class Settings(BaseSettings):
     )
     otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
 
-    _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
+    _split_lists = field_validator(
+        "api_keys", "cors_origins", "fetch_allowed_hosts", mode="before"
+    )(_split_csv)
 
     @field_validator("api_keys")
     @classmethod

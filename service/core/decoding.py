@@ -29,7 +29,8 @@ from service.model.masks import (
     upsample_masks,
 )
 
-MaskFormat = Literal["rle", "png", "polygons", "none"]
+#: the wire formats, and "array": the boolean mask itself (for adapters that encode it)
+MaskFormat = Literal["rle", "png", "polygons", "none", "array"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Candidate:
     score: float
     area: int
     bbox: list[float]
-    mask: Any  # per format: RLE dict, base64 PNG, polygon list, or None
+    mask: Any  # per format: RLE dict, base64 PNG, polygon list, bool array or None
     logits: NDArray[np.float32] | None
 
 
@@ -158,7 +159,7 @@ class Decoder:
 
     @staticmethod
     def _everything_mask(proposal: Proposal, mask_format: MaskFormat) -> Any:
-        if mask_format in ("png", "polygons"):
+        if mask_format in ("png", "polygons", "array"):
             return _encode_mask(proposal.mask, proposal.rle, mask_format)
         return proposal.rle if mask_format == "rle" else None
 
@@ -211,4 +212,6 @@ def _encode_mask(mask: NDArray[np.bool_], rle: Any, mask_format: MaskFormat) -> 
         return base64.b64encode(encode_png(mask)).decode("ascii")
     if mask_format == "polygons":
         return mask_to_polygons(mask)
+    if mask_format == "array":
+        return mask
     return None

@@ -17,6 +17,25 @@ from service.devtools.redis_server import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
+def wait_ready(
+    process: subprocess.Popen[bytes], url: str, timeout_s: float, name: str, poll_s: float = 0.2
+) -> None:
+    """Until ``url`` answers 200: RuntimeError if ``process`` exits, TimeoutError past
+    ``timeout_s`` (the caller stops the process)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} did not become ready in {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
 class GatewayProcess:
     """``with GatewayProcess({"ESAM_CHECKPOINT": ...}) as gw:`` — started and ready on a free port.
 
@@ -55,19 +74,11 @@ class GatewayProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "service"], env=self.env, cwd=REPO, stdout=out, stderr=err
             )
-        deadline = time.monotonic() + self.ready_timeout_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the gateway exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the gateway did not become ready")
-            time.sleep(0.2)
+        try:
+            wait_ready(self.process, f"{self.url}/readyz", self.ready_timeout_s, "the gateway")
+        except TimeoutError:
+            self.stop()
+            raise
 
     def stop(self, timeout_s: float = 60) -> int | None:
         if self.process is None:

@@ -22,6 +22,8 @@ from service.gateway.embeddings.api_router import router as embeddings_router
 from service.gateway.errors import register_error_handlers
 from service.gateway.everything.api_router import router as everything_router
 from service.gateway.health.api_router import router as health_router
+from service.gateway.labelstudio.api_router import router as labelstudio_router
+from service.gateway.labelstudio.serving import LabelStudioBackend
 from service.gateway.middleware import RequestContextMiddleware, UnhandledErrorMiddleware
 from service.gateway.segment.api_router import router as segment_router
 from service.gateway.state import init_state
@@ -49,9 +51,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         checkpoint = await asyncio.to_thread(resolve_checkpoint, settings)
         state = await init_state(settings, checkpoint, metrics)
         app.state.serving = state
+        app.state.labelstudio = LabelStudioBackend(settings, state)
         try:
             yield
         finally:
+            await app.state.labelstudio.close()
             await state.close()
 
     app = FastAPI(
@@ -72,6 +76,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         embeddings_router,
         health_router,
         docs_router,
+        labelstudio_router,
     )
     for router in routers:
         app.include_router(router)

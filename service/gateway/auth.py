@@ -4,12 +4,16 @@ A request without a valid key gets its 401 as soon as its headers have arrived:
 no byte of its body is received or parsed. ``/healthz``, ``/readyz`` and
 ``/metrics`` stay open (probes and scrapers), and the demo page's files under ``/ui``
 but for the model it decodes with in the browser (``/ui/models/``: weights);
-every other path, ``/docs`` and ``/openapi.json`` included, needs the key. Keys are
+every other path, ``/docs`` and ``/openapi.json`` included, needs the key. Label Studio
+can only send HTTP Basic: under ``/labelstudio/`` a key is also accepted as the Basic
+password (any user name), and a 401 there asks for Basic (``WWW-Authenticate``). Keys are
 compared in constant time.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Sequence
 
@@ -32,11 +36,34 @@ def is_open(path: str) -> bool:
     return path.startswith(OPEN_PREFIX + "/") and not path.startswith(KEYED_UI_PREFIX)
 
 
-def check_bearer(authorization: str, keys: Sequence[str]) -> None:
-    """Raise :class:`UnauthorizedError` unless ``authorization`` is ``Bearer <a key>``."""
+#: Label Studio's ML backend protocol: HTTP Basic only
+BASIC_PREFIX = "/labelstudio"
+
+
+def accepts_basic(path: str) -> bool:
+    return path == BASIC_PREFIX or path.startswith(BASIC_PREFIX + "/")
+
+
+def _basic_password(token: str) -> str:
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise UnauthorizedError("malformed Basic credentials") from exc
+    _, separator, password = decoded.partition(":")
+    if not separator:
+        raise UnauthorizedError("malformed Basic credentials")
+    return password
+
+
+def check_bearer(authorization: str, keys: Sequence[str], *, basic: bool = False) -> None:
+    """Raise :class:`UnauthorizedError` unless ``authorization`` is ``Bearer <a key>``
+    (or, with ``basic``, ``Basic`` with a key as the password)."""
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'")
+    if basic and scheme.lower() == "basic":
+        token = _basic_password(token)
+    elif scheme.lower() != "bearer" or not token.strip():
+        how = "Basic with the key as password" if basic else "'Authorization: Bearer <key>'"
+        raise UnauthorizedError(f"missing API key: send {how}")
     supplied = token.strip().encode()
     matched = False
     for key in keys:  # no early exit: the time taken does not depend on which key matched
@@ -59,11 +86,14 @@ class ApiKeyMiddleware:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
                 break
+        basic = accepts_basic(scope["path"])
         try:
-            check_bearer(authorization, self.keys)
+            check_bearer(authorization, self.keys, basic=basic)
         except UnauthorizedError as exc:
             response = render(exc)
             response.headers["Connection"] = "close"  # the unread body is not waited for
+            if basic:
+                response.headers["WWW-Authenticate"] = 'Basic realm="efficientsam"'
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

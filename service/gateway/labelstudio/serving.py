@@ -1,0 +1,339 @@
+"""Label Studio's tasks and clicks → the core's embeddings and decoder → brush regions.
+
+* A task's image is found by the labeling config's ``<Image value="$key">``, fetched
+  once (``fetch.py``: Label Studio's own paths with its API key, other hosts only from
+  the allow-list) and encoded through the same cache as ``/embed``; the reference →
+  ``image_id`` pair is remembered (``ESAM_CACHE_TTL_S``), so every later click on the
+  task downloads nothing and encodes nothing.
+* Clicks (context results): ``keypointlabels`` (percent; ``is_positive: false`` =
+  background) and ``rectanglelabels`` (percent; top-left, width, height; the last box
+  wins) make one prompt. One positive point alone → the best of the three multimask
+  candidates; anything more → the single-mask output.
+* No click (a task opened, "Retrieve predictions"): the image is encoded and cached,
+  and the answer is empty or, with ``ESAM_LABEL_STUDIO_PREANNOTATE=everything``, the
+  segment-everything masks; always one prediction per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+
+from service.core.decoding import DecodeRequest
+from service.core.embedding import Embedding
+from service.core.everything import EverythingParams, densest_grid
+from service.errors import EsamError, ImageUrlNotAllowedError, InvalidRequestError
+from service.gateway.everything.protocol import DEFAULT_POINTS_PER_SIDE
+from service.gateway.labelstudio.brush_rle import encode_brush_rle
+from service.gateway.labelstudio.credentials import LabelStudioCredentials
+from service.gateway.labelstudio.fetch import FetchPolicy, ImageFetcher, UpstreamStatusError
+from service.gateway.labelstudio.label_config import LabelConfig, parse_label_config
+from service.gateway.labelstudio.protocol import (
+    PredictRequest,
+    PredictResponse,
+    SetupRequest,
+    SetupResponse,
+    TaskPrediction,
+)
+from service.gateway.state import ServingState
+from service.model.masks import mask_to_polygons
+from service.model.prompts import MAX_POINTS, Prompt, prompts_to_arrays
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: cloud-storage references Label Studio presigns for its tasks
+PRESIGNED_SCHEMES = ("s3://", "gs://", "azure-blob://")
+#: tasks of one "Retrieve predictions" request handled at once
+BATCH_CONCURRENCY = 4
+#: an empty prediction of a task that failed carries this after the model version, so
+#: that the next "Retrieve predictions" tries it again (LS skips current versions)
+FAILED_SUFFIX = "+failed"
+MAX_BOX_POINTS = 4  # points beside a box (the decoder's six prompt slots)
+
+
+class ReferenceMemory:
+    """Image reference → image_id, each for ``ttl_s``, the oldest dropped past ``size``."""
+
+    def __init__(self, ttl_s: float, size: int = 100_000) -> None:
+        self._ttl = ttl_s
+        self._size = size
+        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def get(self, reference: str) -> str | None:
+        entry = self._entries.get(reference)
+        if entry is None or entry[1] < time.monotonic():
+            self._entries.pop(reference, None)
+            return None
+        self._entries.move_to_end(reference)
+        return entry[0]
+
+    def put(self, reference: str, image_id: str) -> None:
+        self._entries[reference] = (image_id, time.monotonic() + self._ttl)
+        self._entries.move_to_end(reference)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+def _region_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def _prompt(items: list[dict[str, Any]], width: int, height: int) -> tuple[Prompt, str | None]:
+    """Context items → one prompt in pixels, and the label of the last item."""
+    points: list[list[float]] = []
+    labels: list[int] = []
+    box: list[float] | None = None
+    label: str | None = None
+    for item in items:
+        value = item.get("value") or {}
+        kind = item["type"]
+        try:
+            x = min(max(float(value["x"]), 0.0), 100.0) * width / 100
+            y = min(max(float(value["y"]), 0.0), 100.0) * height / 100
+            if kind == "rectanglelabels":
+                x1 = min(x + float(value["width"]) * width / 100, float(width))
+                y1 = min(y + float(value["height"]) * height / 100, float(height))
+                box = [x, y, x1, y1]
+            else:
+                points.append([x, y])
+                labels.append(0 if item.get("is_positive") is False else 1)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"context: a {kind} item without numeric x/y: {exc}") from exc
+        names = value.get(kind) or value.get("labels") or []
+        label = str(names[0]) if names else label
+    keep = MAX_BOX_POINTS if box is not None else MAX_POINTS  # the latest clicks count
+    return Prompt(points=points[-keep:], labels=labels[-keep:], box=box), label
+
+
+def _brush(config: LabelConfig, mask: NDArray[np.bool_], label: str | None) -> dict[str, Any]:
+    assert config.brush is not None
+    height, width = mask.shape
+    return {
+        "id": _region_id(),
+        "from_name": config.brush.name,
+        "to_name": config.image_name,
+        "type": "brushlabels",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {
+            "format": "rle",
+            "rle": encode_brush_rle(mask),
+            "brushlabels": [label] if label else [],
+        },
+        "readonly": False,
+    }
+
+
+def _polygons(
+    config: LabelConfig, mask: NDArray[np.bool_], label: str | None
+) -> list[dict[str, Any]]:
+    assert config.polygon is not None
+    height, width = mask.shape
+    results = []
+    for polygon in mask_to_polygons(mask):
+        ring = polygon["exterior"]
+        if len(ring) < 3:
+            continue  # one or two pixels: no area to draw
+        results.append(
+            {
+                "id": _region_id(),
+                "from_name": config.polygon.name,
+                "to_name": config.image_name,
+                "type": "polygonlabels",
+                "original_width": width,
+                "original_height": height,
+                "image_rotation": 0,
+                "value": {
+                    "points": [[x * 100 / width, y * 100 / height] for x, y in ring],
+                    "closed": True,
+                    "polygonlabels": [label] if label else [],
+                },
+                "readonly": False,
+            }
+        )
+    return results
+
+
+def _regions(
+    config: LabelConfig, mask: NDArray[np.bool_], label: str | None, score: float
+) -> list[dict[str, Any]]:
+    regions = [_brush(config, mask, label)] if config.brush else []
+    if config.polygon:
+        regions += _polygons(config, mask, label)
+    for region in regions:
+        region["score"] = score
+    return regions
+
+
+def everything_params(settings: Settings) -> EverythingParams:
+    """``ESAM_LABEL_STUDIO_EVERYTHING`` over the defaults; the grid within the deployment's
+    ``ESAM_MAX_EVERYTHING_PROMPTS`` (densest ≤ 32 when not given). Refused at start-up."""
+    values = dict(settings.label_studio_everything)
+    limit = settings.max_everything_prompts
+    values.setdefault("points_per_side", max(1, densest_grid(limit, 0, DEFAULT_POINTS_PER_SIDE)))
+    allowed = {f.name for f in dataclasses.fields(EverythingParams)} - {"crop_n_layers"}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(
+            f"ESAM_LABEL_STUDIO_EVERYTHING: unknown parameter(s) {unknown}; "
+            f"known: {sorted(allowed)}"
+        )
+    params = EverythingParams(**values)  # type: ignore[arg-type]
+    if params.points_per_side**2 > limit:
+        raise ValueError(
+            f"ESAM_LABEL_STUDIO_EVERYTHING: points_per_side {params.points_per_side} needs "
+            f"{params.points_per_side**2} prompts; ESAM_MAX_EVERYTHING_PROMPTS is {limit}"
+        )
+    return params
+
+
+class LabelStudioBackend:
+    """The adapter's state: the fetcher, Label Studio's credentials, remembered images."""
+
+    def __init__(self, settings: Settings, state: ServingState) -> None:
+        self._settings = settings
+        self._state = state
+        self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        self._credentials = (
+            LabelStudioCredentials(
+                settings.label_studio_url, settings.label_studio_api_key, self._client
+            )
+            if settings.label_studio_url
+            else None
+        )
+        trusted = [self._credentials.base.host] if self._credentials else []
+        policy = FetchPolicy.build(
+            settings.fetch_allowed_hosts,
+            trusted_hosts=trusted,
+            max_bytes=settings.max_image_bytes,
+            timeout_s=settings.fetch_timeout_s,
+        )
+        self._fetcher = ImageFetcher(policy, self._client)
+        self._memory = ReferenceMemory(settings.cache_ttl_s)
+        self._batch = asyncio.Semaphore(BATCH_CONCURRENCY)
+        self._everything_params = everything_params(settings)
+
+    @property
+    def model_version(self) -> str:
+        return self._state.model_id
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def setup(self, request: SetupRequest) -> SetupResponse:
+        if request.label_config:
+            parse_label_config(request.label_config)  # a config we cannot answer: 422 now
+        return SetupResponse(model_version=self.model_version)
+
+    async def predict(self, request: PredictRequest) -> PredictResponse:
+        config = parse_label_config(request.label_config)
+        context = request.params.context.result if request.params and request.params.context else []
+        clicks = [c for c in context if c.get("type") in ("keypointlabels", "rectanglelabels")]
+        if len(request.tasks) == 1:  # a click or an opened task: its error is the answer
+            return PredictResponse(results=[await self._task(request.tasks[0], config, clicks)])
+        results = await asyncio.gather(*(self._batched(t, config) for t in request.tasks))
+        return PredictResponse(results=list(results))
+
+    async def _batched(self, task: dict[str, Any], config: LabelConfig) -> TaskPrediction:
+        async with self._batch:
+            try:
+                return await self._task(task, config, [])
+            except EsamError as exc:
+                log.warning("label studio task %s: %s: %s", task.get("id"), exc.code, exc.message)
+                version = self.model_version + FAILED_SUFFIX
+                return TaskPrediction(result=[], score=0.0, model_version=version)
+
+    async def _task(
+        self, task: dict[str, Any], config: LabelConfig, clicks: list[dict[str, Any]]
+    ) -> TaskPrediction:
+        embedding = await self._embedding(task, config)
+        if clicks:
+            return await self._click(config, embedding, clicks)
+        if self._settings.label_studio_preannotate == "everything":
+            return await self._everything(config, embedding)
+        return TaskPrediction(result=[], score=0.0, model_version=self.model_version)
+
+    async def _click(
+        self, config: LabelConfig, embedding: Embedding, clicks: list[dict[str, Any]]
+    ) -> TaskPrediction:
+        width, height = embedding.width, embedding.height
+        prompt, label = _prompt(clicks, width, height)
+        multimask = prompt.box is None and prompt.labels == [1]
+        points, labels = prompts_to_arrays(
+            [prompt], width, height, img_size=self._state.loaded.model.config.img_size
+        )
+        request = DecodeRequest(embedding, points, labels, multimask, "array", False)
+        best = (await self._state.decoder.segment(request))[0][0]
+        regions = _regions(config, best.mask, config.label(label), best.score)
+        return TaskPrediction(result=regions, score=best.score, model_version=self.model_version)
+
+    async def _everything(self, config: LabelConfig, embedding: Embedding) -> TaskPrediction:
+        whole = (0, 0, embedding.width, embedding.height)
+        found = await self._state.decoder.everything(
+            [(whole, embedding)], self._everything_params, "array"
+        )
+        label = config.label(None)
+        regions = []
+        for item in found:
+            regions += _regions(config, item.mask, label, item.proposal.predicted_iou)
+        scores = [item.proposal.predicted_iou for item in found]
+        score = float(np.mean(scores)) if scores else 0.0
+        return TaskPrediction(result=regions, score=score, model_version=self.model_version)
+
+    async def _embedding(self, task: dict[str, Any], config: LabelConfig) -> Embedding:
+        data = task.get("data")
+        reference = data.get(config.image_key) if isinstance(data, dict) else None
+        if not isinstance(reference, str) or not reference:
+            raise InvalidRequestError(
+                f"task {task.get('id')}: data.{config.image_key} holds no image URL"
+            )
+        image_id = self._memory.get(reference)
+        if image_id is not None:
+            embedding = await self._state.embeddings.lookup(image_id)
+            if embedding is not None:
+                return embedding  # nothing downloaded, nothing encoded
+        image = await self._download(self._url(reference, task.get("id")))
+        result = await self._state.embeddings.embed(image)
+        self._memory.put(reference, result.image_id)
+        return result.embedding
+
+    def _url(self, reference: str, task_id: object) -> str:
+        if reference.startswith(("http://", "https://")):
+            return reference
+        if self._credentials is None:
+            raise ImageUrlNotAllowedError(
+                f"image {reference!r} is Label Studio's: set ESAM_LABEL_STUDIO_URL "
+                "(and ESAM_LABEL_STUDIO_API_KEY) so the service can fetch it"
+            )
+        if reference.startswith("/"):
+            return self._credentials.resolve(reference)
+        if reference.startswith(PRESIGNED_SCHEMES) and isinstance(task_id, int):
+            uri = base64.urlsafe_b64encode(reference.encode()).decode()
+            return self._credentials.resolve(f"/tasks/{task_id}/presign/?fileuri={uri}")
+        raise ImageUrlNotAllowedError(
+            f"image reference {reference!r}: not a URL the service fetches"
+        )
+
+    async def _download(self, url: str) -> bytes:
+        owned = self._credentials is not None and self._credentials.owns(httpx.URL(url))
+        for attempt in range(2):
+            headers = await self._credentials.headers() if owned and self._credentials else {}
+            try:
+                return await self._fetcher.get(url, headers)
+            except UpstreamStatusError as exc:
+                if exc.status != 401 or not owned or attempt or self._credentials is None:
+                    raise
+                self._credentials.forget()  # an expired access token: exchange the PAT again
+        raise AssertionError("unreachable")

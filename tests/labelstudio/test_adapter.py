@@ -1,0 +1,394 @@
+"""The Label Studio ML-backend adapter against the real gateway (in process) and a real
+HTTP image host on loopback standing in for Label Studio's file paths. Brush RLE is
+decoded by label_studio_sdk (Label Studio's venv) and compared with /segment's masks."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from service.devtools.label_studio import sdk_call
+from service.devtools.prometheus import sample_sum
+from tests.conftest import Fixture
+from tests.gateway.fixtures import Gateway, GatewayFactory
+from tests.gateway.test_errors import assert_error, png_bytes
+from tests.labelstudio.image_server import ImageServer, image_server
+
+LS_TOKEN = "legacy-token-0123456789"
+KEY = "labelstudio-key-0123456789"
+CONFIG = """<View>
+  <Image name="image" value="$img" zoom="true"/>
+  <BrushLabels name="brush" toName="image"><Label value="dog"/><Label value="stick"/></BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="dog"/></KeyPointLabels>
+  <RectangleLabels name="rect" toName="image" smart="true"><Label value="stick"/></RectangleLabels>
+</View>"""
+POLYGON_CONFIG = """<View><Image name="picture" value="$img"/>
+  <PolygonLabels name="outline" toName="picture"><Label value="dog"/></PolygonLabels>
+  <KeyPointLabels name="kp" toName="picture" smart="true"><Label value="dog"/></KeyPointLabels>
+</View>"""
+DECODE = """
+import json, sys
+import numpy as np
+from label_studio_sdk.converter import brush
+out = []
+for item in json.load(sys.stdin):
+    rgba = brush.decode_rle(item["rle"]).reshape(item["height"], item["width"], 4)
+    out.append(np.packbits(rgba[:, :, 3] > 0).tolist())
+print(json.dumps(out))
+"""
+
+
+def brush_masks(regions: list[dict[str, Any]]) -> list[np.ndarray]:
+    """Brush regions → boolean masks, by label_studio_sdk's decoder."""
+    payload = [
+        {"rle": r["value"]["rle"], "width": r["original_width"], "height": r["original_height"]}
+        for r in regions
+    ]
+    packed = sdk_call(DECODE, payload)
+    return [
+        np.unpackbits(np.array(bits, dtype=np.uint8))[: p["width"] * p["height"]]
+        .reshape(p["height"], p["width"])
+        .astype(bool)
+        for bits, p in zip(packed, payload, strict=True)
+    ]
+
+
+def keypoint(x: float, y: float, positive: bool = True, label: str = "dog") -> dict[str, Any]:
+    return {
+        "id": "k1",
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
+        "original_width": 1072,
+        "original_height": 603,
+        "image_rotation": 0,
+        "value": {"x": x, "y": y, "width": 0.3, "keypointlabels": [label], "labels": [label]},
+        "is_positive": positive,
+    }
+
+
+def rectangle(x: float, y: float, w: float, h: float) -> dict[str, Any]:
+    return {
+        "id": "r1",
+        "from_name": "rect",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": 1072,
+        "original_height": 603,
+        "value": {
+            "x": x,
+            "y": y,
+            "width": w,
+            "height": h,
+            "rotation": 0,
+            "rectanglelabels": ["stick"],
+        },
+    }
+
+
+def predict_body(
+    tasks: list[dict[str, Any]], context: list[dict[str, Any]] | None, config: str = CONFIG
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"login": None, "password": None, "context": None}
+    if context is not None:
+        params["context"] = {"result": context}
+    return {"tasks": tasks, "project": "1.1700000000", "label_config": config, "params": params}
+
+
+def task(image: str, task_id: int = 1) -> dict[str, Any]:
+    # as Label Studio serializes it for an interactive call: drafts and annotations included
+    return {
+        "id": task_id,
+        "data": {"img": image},
+        "annotations": [],
+        "drafts": [],
+        "predictions": [],
+    }
+
+
+@pytest.fixture
+def files(fixture: Fixture) -> Iterator[ImageServer]:
+    with image_server(token=LS_TOKEN) as server:
+        server.files["/data/upload/1/abcd1234-dogs.jpg"] = fixture.image_path.read_bytes()
+        server.files["/public/other.png"] = png_bytes(96, 64, seed=3)
+        yield server
+
+
+def basic(key: str = KEY) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"labelstudio:{key}".encode()).decode()}
+
+
+def settings(server: ImageServer, **extra: Any) -> dict[str, Any]:
+    return {
+        "label_studio_url": server.url,
+        "label_studio_api_key": LS_TOKEN,
+        "api_keys": [KEY],
+        **extra,
+    }
+
+
+async def segment(
+    gw: Gateway, image_id: str, prompt: dict[str, Any], multimask: bool
+) -> dict[str, Any]:
+    body = {"image_id": image_id, "prompts": [prompt], "multimask": multimask}
+    response = await gw.client.post(
+        "/segment", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    )
+    assert response.status_code == 200, response.text
+    best: dict[str, Any] = response.json()["results"][0]["candidates"][0]
+    return best
+
+
+def encodes(metrics: str) -> float:
+    return sample_sum(metrics, "esam_encoder_images_total")
+
+
+def coco(mask: dict[str, Any]) -> np.ndarray:
+    decoded: np.ndarray = mask_utils.decode({**mask, "counts": mask["counts"].encode()})
+    return decoded.astype(bool)
+
+
+async def test_protocol_endpoints_answer_as_label_studio_expects(
+    gateway_factory: GatewayFactory, files: ImageServer
+) -> None:
+    async with gateway_factory(**settings(files)) as gw:
+        health = await gw.client.get("/labelstudio/health", headers=basic())
+        assert health.status_code == 200
+        assert health.json()["status"] == "UP"
+        model = health.json()["model_version"]
+        body = {"project": "1.1", "schema": CONFIG, "hostname": "http://ls", "access_token": "x"}
+        setup = await gw.client.post("/labelstudio/setup", json=body, headers=basic())
+        assert setup.json() == {"model_version": model}
+        bad = {
+            **body,
+            "schema": "<View><Image name='i' value='$i'/><Choices name='c' toName='i'/></View>",
+        }
+        assert_error(
+            await gw.client.post("/labelstudio/setup", json=bad, headers=basic()),
+            422,
+            "invalid_request",
+        )
+        for event in (
+            {"action": "ANNOTATION_CREATED", "annotation": {"id": 1}},
+            {"action": "START_TRAINING"},
+        ):
+            webhook = await gw.client.post("/labelstudio/webhook", json=event, headers=basic())
+            assert webhook.status_code == 200
+        versions = await gw.client.get("/labelstudio/versions", headers=basic())
+        assert versions.json() == {"versions": [model]}
+        assert files.seen == []  # none of them fetched anything
+
+
+async def test_basic_auth_with_an_api_key_as_password(
+    gateway_factory: GatewayFactory, files: ImageServer
+) -> None:
+    async with gateway_factory(**settings(files)) as gw:
+        refused = await gw.client.get("/labelstudio/health")
+        assert_error(refused, 401, "unauthorized")
+        assert refused.headers["WWW-Authenticate"].startswith("Basic")
+        assert_error(
+            await gw.client.get("/labelstudio/health", headers=basic("wrong-key-0123456789")),
+            401,
+            "unauthorized",
+        )
+        malformed = {"Authorization": "Basic !!!not-base64"}
+        assert_error(
+            await gw.client.get("/labelstudio/health", headers=malformed), 401, "unauthorized"
+        )
+        assert (await gw.client.get("/labelstudio/health", headers=basic())).status_code == 200
+        bearer = {"Authorization": f"Bearer {KEY}"}
+        assert (await gw.client.get("/labelstudio/health", headers=bearer)).status_code == 200
+        # Basic is Label Studio's only: the rest of the API keeps Bearer
+        assert_error(
+            await gw.client.post("/embed", content=png_bytes(), headers=basic()),
+            401,
+            "unauthorized",
+        )
+
+
+async def test_a_click_is_a_brush_region_equal_to_segments_mask(
+    gateway_factory: GatewayFactory, files: ImageServer, fixture: Fixture
+) -> None:
+    async with gateway_factory(**settings(files)) as gw:
+        reference = "/data/upload/1/abcd1234-dogs.jpg"
+        body = predict_body([task(reference)], [keypoint(45.0, 50.0)])
+        response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+        assert response.status_code == 200, response.text
+        [prediction] = response.json()["results"]
+        [region] = prediction["result"]
+        assert region["type"] == "brushlabels"
+        assert (region["from_name"], region["to_name"]) == ("brush", "image")
+        assert region["value"]["format"] == "rle"
+        assert region["value"]["brushlabels"] == ["dog"]
+        assert (region["original_width"], region["original_height"]) == (1072, 603)
+        assert isinstance(region["id"], str)
+        assert region["id"]
+        assert files.seen[0].authorization == f"Token {LS_TOKEN}"  # Label Studio's own path
+
+        image_id = hashlib.sha256(fixture.image_path.read_bytes()).hexdigest()
+        # one positive point: the best of the three multimask candidates
+        best = await segment(gw, image_id, {"points": [[482.4, 301.5]], "labels": [1]}, True)
+        [mask] = brush_masks([region])
+        np.testing.assert_array_equal(mask, coco(best["mask"]))
+        assert region["score"] == pytest.approx(best["score"])
+        assert prediction["score"] == pytest.approx(best["score"])
+        assert prediction["model_version"].startswith("efficientsam-ti-")
+
+        # the next click on the task: nothing downloaded, nothing encoded
+        fetched, encoded = len(files.seen), encodes((await gw.client.get("/metrics")).text)
+        body = predict_body(
+            [task(reference)],
+            [keypoint(45.0, 50.0), keypoint(80.0, 20.0, positive=False), rectangle(10, 20, 50, 60)],
+        )
+        response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+        assert response.status_code == 200, response.text
+        assert len(files.seen) == fetched
+        assert encodes((await gw.client.get("/metrics")).text) == encoded
+        [region] = response.json()["results"][0]["result"]
+        assert region["value"]["brushlabels"] == ["stick"]  # the last item's label
+        # a box and points: the single-mask output
+        prompt = {
+            "points": [[482.4, 301.5], [857.6, 120.6]],
+            "labels": [1, 0],
+            "box": [107.2, 120.6, 643.2, 482.4],
+        }
+        single = await segment(gw, image_id, prompt, False)
+        [mask] = brush_masks([region])
+        np.testing.assert_array_equal(mask, coco(single["mask"]))
+
+
+async def test_a_polygon_config_gets_polygons(
+    gateway_factory: GatewayFactory, files: ImageServer
+) -> None:
+    async with gateway_factory(**settings(files)) as gw:
+        body = predict_body(
+            [task("/data/upload/1/abcd1234-dogs.jpg")], [keypoint(45.0, 50.0)], POLYGON_CONFIG
+        )
+        response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+        assert response.status_code == 200, response.text
+        regions = response.json()["results"][0]["result"]
+        assert regions
+        assert {r["type"] for r in regions} == {"polygonlabels"}
+        assert {(r["from_name"], r["to_name"]) for r in regions} == {("outline", "picture")}
+        # the polygons, filled, cover the mask /segment gives for the same click
+        drawn = np.zeros((603, 1072), np.uint8)
+        for region in regions:
+            points = np.array(region["value"]["points"]) * [1072 / 100, 603 / 100]
+            assert region["value"]["closed"] is True
+            cv2.fillPoly(drawn, [np.round(points).astype(np.int32)], (1,))
+        image_id = hashlib.sha256(files.files["/data/upload/1/abcd1234-dogs.jpg"]).hexdigest()
+        mask = coco(
+            (await segment(gw, image_id, {"points": [[482.4, 301.5]], "labels": [1]}, True))["mask"]
+        )
+        inside = drawn.astype(bool)
+        assert (inside & mask).sum() / mask.sum() > 0.97  # holes are not drawn: a superset
+
+
+async def test_without_a_click_every_task_is_encoded_and_answered_once(
+    gateway_factory: GatewayFactory, files: ImageServer
+) -> None:
+    async with gateway_factory(**settings(files, fetch_allowed_hosts=["127.0.0.1"])) as gw:
+        tasks = [
+            task("/data/upload/1/abcd1234-dogs.jpg", 1),
+            task(f"{files.url}/public/other.png", 2),
+            task("http://images.example.com/elsewhere.png", 3),  # not on the allow-list
+            task(f"{files.url}/public/missing.png", 4),  # 404
+        ]
+        response = await gw.client.post(
+            "/labelstudio/predict", json=predict_body(tasks, None), headers=basic()
+        )
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert len(results) == 4  # one per task, in order, so Label Studio stores them
+        model = results[0]["model_version"]
+        assert [r["result"] for r in results] == [[], [], [], []]
+        assert [r["model_version"] for r in results] == [
+            model,
+            model,
+            model + "+failed",
+            model + "+failed",
+        ]
+        for data in (
+            files.files["/data/upload/1/abcd1234-dogs.jpg"],
+            files.files["/public/other.png"],
+        ):
+            image_id = hashlib.sha256(data).hexdigest()
+            head = await gw.client.head(
+                f"/embeddings/{image_id}", headers={"Authorization": f"Bearer {KEY}"}
+            )
+            assert head.status_code in (200, 204), image_id  # the first click is a decode
+
+
+async def test_a_single_task_that_cannot_be_fetched_is_a_clear_error(
+    gateway_factory: GatewayFactory, files: ImageServer
+) -> None:
+    async with gateway_factory(**settings(files, label_studio_api_key="wrong-token-012345")) as gw:
+        cases = [
+            ("http://169.254.169.254/latest/meta-data/", 422, "image_url_not_allowed"),
+            (
+                f"{files.url.replace('127.0.0.1', 'localhost')}/public/other.png",
+                422,
+                "image_url_not_allowed",
+            ),
+            ("s3://bucket/key.png", 422, "image_url_not_allowed"),  # no task id to presign
+            ("/data/upload/1/abcd1234-dogs.jpg", 502, "image_fetch_failed"),  # 401 upstream
+            ("/data/upload/1/missing.jpg", 502, "image_fetch_failed"),
+        ]
+        for reference, status, code in cases:
+            t = (
+                task(reference)
+                if not reference.startswith("s3://")
+                else {"data": {"img": reference}}
+            )
+            body = predict_body([t], [keypoint(50, 50)])
+            response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+            assert_error(response, status, code)
+        assert all(seen.path.startswith("/data/upload/1/") for seen in files.seen)
+        no_image = predict_body([{"id": 9, "data": {"other": "x"}}], [keypoint(50, 50)])
+        assert_error(
+            await gw.client.post("/labelstudio/predict", json=no_image, headers=basic()),
+            422,
+            "invalid_request",
+        )
+
+
+async def test_preannotation_with_everything(
+    gateway_factory: GatewayFactory, files: ImageServer
+) -> None:
+    # random weights: lenient thresholds, as the API call below
+    lenient = {
+        "pred_iou_thresh": -1,
+        "stability_score_thresh": 0.45,
+        "stability_score_offset": 0.05,
+    }
+    extra = {
+        "label_studio_preannotate": "everything",
+        "max_everything_prompts": 16,
+        "label_studio_everything": lenient,
+    }
+    async with gateway_factory(**settings(files, **extra)) as gw:
+        body = predict_body([task("/data/upload/1/abcd1234-dogs.jpg")], None)
+        response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+        assert response.status_code == 200, response.text
+        regions = response.json()["results"][0]["result"]
+        # the same job through the API: 4×4 points, default thresholds
+        image_id = hashlib.sha256(files.files["/data/upload/1/abcd1234-dogs.jpg"]).hexdigest()
+        api = await gw.client.post(
+            "/segment/everything",
+            json={"image_id": image_id, "points_per_side": 4, **lenient},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        expected = [coco(m["mask"]) for m in api.json()["masks"]]
+        assert expected  # the fixture image has objects to find
+        assert len(regions) == len(expected)
+        for region, got, want in zip(regions, brush_masks(regions), expected, strict=True):
+            assert region["value"]["brushlabels"] == ["dog"]  # the brush tag's first label
+            np.testing.assert_array_equal(got, want)
