@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import cv2
 import cvat_sdk.auto_annotation as cvataa
 import httpx
 import nuclio_sdk
@@ -122,6 +123,14 @@ def test_the_nuclio_interactor_answers_cvats_body(
     assert len(answer["mask"][0]) == x2 - x1 + 1
     ys, xs = np.nonzero(expected)
     assert answer["bounds"] == [xs.min(), ys.min(), xs.max(), ys.max()]
+    # the polygon: the outline of the mask's largest part, in frame pixels
+    outline = np.zeros((603, 1072), np.uint8)
+    cv2.fillPoly(outline, [np.array(answer["points"], dtype=np.int32)], (1,))
+    count, parts = cv2.connectedComponents(expected.astype(np.uint8), connectivity=8)
+    largest = max(range(1, count), key=lambda k: int((parts == k).sum()))
+    filled = outline.astype(bool)
+    assert (filled & (parts == largest)).sum() == (parts == largest).sum()  # it covers it
+    assert filled.sum() < 1.1 * (parts == largest).sum()  # and little else (its holes)
     assert encodes(gateway) == before + 1  # the frame was encoded once
 
     # further clicks on the frame: a positive, a negative and a box (CVAT's corner pairs)

@@ -6,15 +6,16 @@ CVAT POSTs ``{"image": <base64 frame>, "pos_points": [[x, y], ...], "neg_points"
 gateway for the frame's mask by the frame's SHA-256 first and sends the frame only when
 the gateway does not hold its embedding (404 ``embedding_not_found``): every further
 click on a frame is a decode and carries no image to the gateway. It answers
-``{"mask": <rows of 0/1 inside bounds>, "bounds": [x1, y1, x2, y2]}`` (inclusive), which
-CVAT's interactor tools place at ``bounds`` and outline themselves: a mask cropped to
-the object instead of a frame-sized one (the 4-24 MB answers CVAT users meet).
+``{"mask": <rows of 0/1 inside bounds>, "bounds": [x1, y1, x2, y2], "points": [[x, y],
+...]}`` (bounds inclusive; points: the outline of the mask's largest part), which CVAT's
+interactor tools place at ``bounds``: a mask cropped to the object instead of a
+frame-sized one (the 4-24 MB answers CVAT users meet).
 
 One positive point alone → the best of the three multimask candidates; more points or a
 box → the single-mask output. Settings (environment): ``ESAM_URL`` (the gateway),
 ``ESAM_API_KEY`` (when the gateway has keys), ``ESAM_TIMEOUT_S``.
 
-Needs httpx, numpy and pillow (``function.yaml`` installs them); holds no model.
+Needs httpx, numpy, pillow and OpenCV (``function.yaml`` installs them); holds no model.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import os
 from typing import Any
 
+import cv2
 import httpx
 import numpy as np
 from numpy.typing import NDArray
@@ -73,14 +75,17 @@ def prompt_of(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return prompt, len(positive) == 1 and not negative and not box
 
 
-def crop(mask: NDArray[np.bool_]) -> dict[str, Any]:
-    """The mask inside its bounding box, as CVAT's interactors answer."""
+def answer(mask: NDArray[np.bool_]) -> dict[str, Any]:
+    """CVAT's interactor result: the mask inside its bounding box, the box, and the outline
+    of the mask's largest part (absolute pixels) as the polygon."""
     rows, columns = np.nonzero(mask)
     if rows.size == 0:
-        return {"mask": [[0]], "bounds": [0, 0, 0, 0]}
+        return {"mask": [[0]], "bounds": [0, 0, 0, 0], "points": []}
     x1, x2, y1, y2 = int(columns.min()), int(columns.max()), int(rows.min()), int(rows.max())
     inside = mask[y1 : y2 + 1, x1 : x2 + 1].astype(np.uint8)
-    return {"mask": inside.tolist(), "bounds": [x1, y1, x2, y2]}
+    contours, _ = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outline = max(contours, key=cv2.contourArea).reshape(-1, 2) + np.array([x1, y1])
+    return {"mask": inside.tolist(), "bounds": [x1, y1, x2, y2], "points": outline.tolist()}
 
 
 def init_context(context: Any) -> None:
@@ -118,4 +123,4 @@ def handler(context: Any, event: Any) -> Any:
         return _json(context, response.json(), response.status_code)
     best = response.json()["results"][0]["candidates"][0]
     png = Image.open(io.BytesIO(base64.b64decode(best["mask"])))
-    return _json(context, crop(np.asarray(png.convert("L")) > 0), 200)
+    return _json(context, answer(np.asarray(png.convert("L")) > 0), 200)
