@@ -169,6 +169,14 @@ class Settings(BaseSettings):
         description="JSON: segment-everything parameters for that pre-annotation "
         '(as /segment/everything\'s, e.g. {"points_per_side": 16, "pred_iou_thresh": 0.8}).',
     )
+    label_studio_batch_budget_s: float = Field(
+        default=80,
+        gt=0,
+        le=3600,
+        description="A Retrieve-predictions request is answered within this (Label Studio "
+        "waits ML_TIMEOUT_PREDICT, 100 s); tasks not ready by then are answered as "
+        "model_version +pending and keep encoding, ready for the next request.",
+    )
     fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Hosts whose image URLs may be fetched besides Label Studio's: names, "

@@ -49,8 +49,10 @@ def _handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            if parts.path == "/slow":
+            path = parts.path
+            if path == "/slow":  # ?s=<seconds>[&then=<a file's path>]
                 time.sleep(float(query.get("s", ["5"])[0]))
+                path = query.get("then", [path])[0]
             if parts.path == "/chunked":  # no Content-Length: the size shows while reading
                 size = int(query["bytes"][0])
                 self.send_response(200)
@@ -65,7 +67,7 @@ def _handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
             if keyed and authorization != f"Token {server.token}":
                 self.send_error(401)
                 return
-            body = server.files.get(parts.path)
+            body = server.files.get(path)
             if body is None:
                 self.send_error(404)
                 return

@@ -4,8 +4,10 @@ decoded by label_studio_sdk (Label Studio's venv) and compared with /segment's m
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -392,3 +394,40 @@ async def test_preannotation_with_everything(
         for region, got, want in zip(regions, brush_masks(regions), expected, strict=True):
             assert region["value"]["brushlabels"] == ["dog"]  # the brush tag's first label
             np.testing.assert_array_equal(got, want)
+
+
+async def test_a_batch_is_answered_within_its_budget_and_the_rest_keeps_encoding(
+    gateway_factory: GatewayFactory, files: ImageServer
+) -> None:
+    extra = {"fetch_allowed_hosts": ["127.0.0.1"], "label_studio_batch_budget_s": 4.0}
+    async with gateway_factory(**settings(files, **extra)) as gw:
+        files.files["/public/late.png"] = png_bytes(80, 60, seed=11)
+        tasks = [
+            task(f"{files.url}/public/other.png", 1),
+            task(f"{files.url}/slow?s=8&then=/public/late.png", 2),  # ready after the answer
+        ]
+        started = time.monotonic()
+        response = await gw.client.post(
+            "/labelstudio/predict", json=predict_body(tasks, None), headers=basic()
+        )
+        assert time.monotonic() - started < 7.5  # not waiting for the slow image
+        assert response.status_code == 200, response.text
+        health = await gw.client.get("/labelstudio/health", headers=basic())
+        model = health.json()["model_version"]
+        versions = [r["model_version"] for r in response.json()["results"]]
+        assert versions == [model, model + "+pending"]
+        late_id = hashlib.sha256(files.files["/public/late.png"]).hexdigest()
+        keyed = {"Authorization": f"Bearer {KEY}"}
+        for _ in range(300):  # the late image is encoded and cached after the answer
+            if (await gw.client.head(f"/embeddings/{late_id}", headers=keyed)).status_code < 300:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the pending task's image was never cached")
+        # the next "Retrieve predictions" for it: no download, an ordinary prediction
+        fetched = len(files.seen)
+        again = await gw.client.post(
+            "/labelstudio/predict", json=predict_body(tasks, None), headers=basic()
+        )
+        assert [r["model_version"] for r in again.json()["results"]] == [model, model]
+        assert len(files.seen) == fetched

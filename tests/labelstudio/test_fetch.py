@@ -143,3 +143,11 @@ async def test_the_connection_goes_to_the_checked_address_with_the_urls_host() -
         p = policy("localhost", "127.0.0.1", "::1")
         assert await fetch(p, f"http://localhost:{server.port}/a.png") == IMAGE
         assert server.seen[-1].host == f"localhost:{server.port}"
+
+
+async def test_a_slow_host_within_the_timeout_is_waited_for() -> None:
+    # longer than httpx's own default (5 s): the policy's timeout is the one that counts
+    with image_server() as server:
+        server.files["/a.png"] = IMAGE
+        p = FetchPolicy.build(["127.0.0.1"], max_bytes=1 << 20, timeout_s=9)
+        assert await fetch(p, f"{server.url}/slow?s=5.5&then=/a.png") == IMAGE

@@ -162,7 +162,10 @@ class ImageFetcher:
 
     def __init__(self, policy: FetchPolicy, client: httpx.AsyncClient | None = None) -> None:
         self.policy = policy
-        self._client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        # the policy's timeout bounds the whole fetch; httpx's own (5 s) must not cut it short
+        self._client = client or httpx.AsyncClient(
+            follow_redirects=False, trust_env=False, timeout=policy.timeout_s
+        )
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -35,7 +35,7 @@ class PredictParams(_Lenient):
 
 
 class PredictRequest(_Lenient):
-    tasks: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+    tasks: list[dict[str, Any]] = Field(min_length=1)  # a whole project's, from "Retrieve"
     label_config: str
     project: str | None = None
     params: PredictParams | None = None

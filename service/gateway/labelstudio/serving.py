@@ -59,6 +59,9 @@ BATCH_CONCURRENCY = 4
 #: an empty prediction of a task that failed carries this after the model version, so
 #: that the next "Retrieve predictions" tries it again (LS skips current versions)
 FAILED_SUFFIX = "+failed"
+#: ... and one still being fetched or encoded when the answer was due: the next
+#: "Retrieve predictions" asks again and finds its embedding cached
+PENDING_SUFFIX = "+pending"
 MAX_BOX_POINTS = 4  # points beside a box (the decoder's six prompt slots)
 
 
@@ -205,7 +208,9 @@ class LabelStudioBackend:
     def __init__(self, settings: Settings, state: ServingState) -> None:
         self._settings = settings
         self._state = state
-        self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        self._client = httpx.AsyncClient(
+            follow_redirects=False, trust_env=False, timeout=settings.fetch_timeout_s
+        )
         self._credentials = (
             LabelStudioCredentials(
                 settings.label_studio_url, settings.label_studio_api_key, self._client
@@ -223,6 +228,7 @@ class LabelStudioBackend:
         self._fetcher = ImageFetcher(policy, self._client)
         self._memory = ReferenceMemory(settings.cache_ttl_s)
         self._batch = asyncio.Semaphore(BATCH_CONCURRENCY)
+        self._jobs: set[asyncio.Task[TaskPrediction | None]] = set()  # batch tasks running
         self._everything_params = everything_params(settings)
 
     @property
@@ -230,6 +236,9 @@ class LabelStudioBackend:
         return self._state.model_id
 
     async def close(self) -> None:
+        for job in self._jobs:
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
         await self._client.aclose()
 
     def setup(self, request: SetupRequest) -> SetupResponse:
@@ -243,13 +252,31 @@ class LabelStudioBackend:
         clicks = [c for c in context if c.get("type") in ("keypointlabels", "rectanglelabels")]
         if len(request.tasks) == 1:  # a click or an opened task: its error is the answer
             return PredictResponse(results=[await self._task(request.tasks[0], config, clicks)])
-        results = await asyncio.gather(*(self._batched(t, config) for t in request.tasks))
-        return PredictResponse(results=list(results))
+        # Label Studio sends every selected task in one request and waits ML_TIMEOUT_PREDICT
+        # (100 s): answer within the budget; what is not ready by then keeps going here
+        budget = self._settings.label_studio_batch_budget_s
+        deadline = time.monotonic() + budget
+        jobs = [asyncio.create_task(self._batched(t, config, deadline)) for t in request.tasks]
+        for job in jobs:
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+        await asyncio.wait(jobs, timeout=budget)
+        pending = TaskPrediction(
+            result=[], score=0.0, model_version=self.model_version + PENDING_SUFFIX
+        )
+        results = [(job.result() if job.done() else None) or pending for job in jobs]
+        return PredictResponse(results=results)
 
-    async def _batched(self, task: dict[str, Any], config: LabelConfig) -> TaskPrediction:
+    async def _batched(
+        self, task: dict[str, Any], config: LabelConfig, deadline: float
+    ) -> TaskPrediction | None:
+        """One task of a batch: None when its image was ready only after the answer."""
         async with self._batch:
             try:
-                return await self._task(task, config, [])
+                embedding = await self._embedding(task, config)
+                if time.monotonic() > deadline:
+                    return None  # answered as pending; the embedding is cached now
+                return await self._answer(config, embedding, [])
             except EsamError as exc:
                 log.warning("label studio task %s: %s: %s", task.get("id"), exc.code, exc.message)
                 version = self.model_version + FAILED_SUFFIX
@@ -258,7 +285,11 @@ class LabelStudioBackend:
     async def _task(
         self, task: dict[str, Any], config: LabelConfig, clicks: list[dict[str, Any]]
     ) -> TaskPrediction:
-        embedding = await self._embedding(task, config)
+        return await self._answer(config, await self._embedding(task, config), clicks)
+
+    async def _answer(
+        self, config: LabelConfig, embedding: Embedding, clicks: list[dict[str, Any]]
+    ) -> TaskPrediction:
         if clicks:
             return await self._click(config, embedding, clicks)
         if self._settings.label_studio_preannotate == "everything":
