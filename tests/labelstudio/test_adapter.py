@@ -431,3 +431,19 @@ async def test_a_batch_is_answered_within_its_budget_and_the_rest_keeps_encoding
         )
         assert [r["model_version"] for r in again.json()["results"]] == [model, model]
         assert len(files.seen) == fetched
+
+
+async def test_replicas_sharing_redis_download_an_image_once(
+    gateway_factory: GatewayFactory, files: ImageServer, redis_url: str
+) -> None:
+    shared = settings(files, cache="redis", redis_url=redis_url)
+    body = predict_body([task("/data/upload/1/abcd1234-dogs.jpg")], [keypoint(45.0, 50.0)])
+    async with gateway_factory(**shared) as first:
+        answer = await first.client.post("/labelstudio/predict", json=body, headers=basic())
+        assert answer.status_code == 200, answer.text
+    assert len(files.seen) == 1
+    async with gateway_factory(**shared) as second:  # another replica, same Redis
+        answer = await second.client.post("/labelstudio/predict", json=body, headers=basic())
+        assert answer.status_code == 200, answer.text
+        assert encodes((await second.client.get("/metrics")).text) == 0  # nor encoded
+    assert len(files.seen) == 1  # not downloaded again

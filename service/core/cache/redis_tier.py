@@ -151,6 +151,18 @@ class RedisTier:
     async def exists(self, key: str) -> bool:
         return bool(await self._call(self._client.exists, self.key(key)))
 
+    # --- small shared notes (an adapter's image reference → image id), same TTL -------
+    def note_key(self, namespace: str, name: str) -> str:
+        return f"{self.prefix}:{namespace}:{name}"
+
+    async def get_note(self, namespace: str, name: str) -> str | None:
+        raw = await self._call(self._client.get, self.note_key(namespace, name))
+        return raw.decode() if isinstance(raw, bytes) else None
+
+    async def set_note(self, namespace: str, name: str, value: str) -> None:
+        key = self.note_key(namespace, name)
+        await self._call(self._client.set, key, value.encode(), ex=self.ttl_s)
+
     # --- cross-replica single flight ------------------------------------------------
     def lock(self, key: str) -> EncodeLock:
         return EncodeLock(self, key)

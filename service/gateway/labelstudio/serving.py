@@ -3,8 +3,8 @@
 * A task's image is found by the labeling config's ``<Image value="$key">``, fetched
   once (``fetch.py``: Label Studio's own paths with its API key, other hosts only from
   the allow-list) and encoded through the same cache as ``/embed``; the reference →
-  ``image_id`` pair is remembered (``ESAM_CACHE_TTL_S``), so every later click on the
-  task downloads nothing and encodes nothing.
+  ``image_id`` pair is remembered (``ESAM_CACHE_TTL_S``; in Redis too, for every
+  replica), so every later click on the task downloads nothing and encodes nothing.
 * Clicks (context results): ``keypointlabels`` (percent; ``is_positive: false`` =
   background) and ``rectanglelabels`` (percent; top-left, width, height; the last box
   wins) make one prompt. One positive point alone → the best of the three multimask
@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
+import hashlib
 import logging
 import time
 import uuid
@@ -29,6 +31,7 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
+from service.core.cache.redis_tier import RedisTier, RedisUnavailableError
 from service.core.decoding import DecodeRequest
 from service.core.embedding import Embedding
 from service.core.everything import EverythingParams, densest_grid
@@ -66,22 +69,45 @@ MAX_BOX_POINTS = 4  # points beside a box (the decoder's six prompt slots)
 
 
 class ReferenceMemory:
-    """Image reference → image_id, each for ``ttl_s``, the oldest dropped past ``size``."""
+    """Image reference → image_id, each for ``ttl_s``: in this process (the oldest dropped
+    past ``size``) and, with the Redis cache, shared by every replica (so an image is
+    downloaded once for all of them). Redis being down only makes it local."""
 
-    def __init__(self, ttl_s: float, size: int = 100_000) -> None:
+    NAMESPACE = "lsref"
+
+    def __init__(self, ttl_s: float, shared: RedisTier | None = None, size: int = 100_000) -> None:
         self._ttl = ttl_s
         self._size = size
+        self._shared = shared
         self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
-    def get(self, reference: str) -> str | None:
-        entry = self._entries.get(reference)
-        if entry is None or entry[1] < time.monotonic():
-            self._entries.pop(reference, None)
-            return None
-        self._entries.move_to_end(reference)
-        return entry[0]
+    @staticmethod
+    def _name(reference: str) -> str:
+        return hashlib.sha256(reference.encode()).hexdigest()
 
-    def put(self, reference: str, image_id: str) -> None:
+    async def get(self, reference: str) -> str | None:
+        entry = self._entries.get(reference)
+        if entry is not None and entry[1] >= time.monotonic():
+            self._entries.move_to_end(reference)
+            return entry[0]
+        self._entries.pop(reference, None)
+        if self._shared is None:
+            return None
+        try:
+            image_id = await self._shared.get_note(self.NAMESPACE, self._name(reference))
+        except RedisUnavailableError:
+            return None
+        if image_id is not None:
+            self._remember(reference, image_id)
+        return image_id
+
+    async def put(self, reference: str, image_id: str) -> None:
+        self._remember(reference, image_id)
+        if self._shared is not None:
+            with contextlib.suppress(RedisUnavailableError):
+                await self._shared.set_note(self.NAMESPACE, self._name(reference), image_id)
+
+    def _remember(self, reference: str, image_id: str) -> None:
         self._entries[reference] = (image_id, time.monotonic() + self._ttl)
         self._entries.move_to_end(reference)
         while len(self._entries) > self._size:
@@ -226,7 +252,7 @@ class LabelStudioBackend:
             timeout_s=settings.fetch_timeout_s,
         )
         self._fetcher = ImageFetcher(policy, self._client)
-        self._memory = ReferenceMemory(settings.cache_ttl_s)
+        self._memory = ReferenceMemory(settings.cache_ttl_s, state.embeddings.cache.redis)
         self._batch = asyncio.Semaphore(BATCH_CONCURRENCY)
         self._jobs: set[asyncio.Task[TaskPrediction | None]] = set()  # batch tasks running
         self._everything_params = everything_params(settings)
@@ -330,14 +356,14 @@ class LabelStudioBackend:
             raise InvalidRequestError(
                 f"task {task.get('id')}: data.{config.image_key} holds no image URL"
             )
-        image_id = self._memory.get(reference)
+        image_id = await self._memory.get(reference)
         if image_id is not None:
             embedding = await self._state.embeddings.lookup(image_id)
             if embedding is not None:
                 return embedding  # nothing downloaded, nothing encoded
         image = await self._download(self._url(reference, task.get("id")))
         result = await self._state.embeddings.embed(image)
-        self._memory.put(reference, result.image_id)
+        await self._memory.put(reference, result.image_id)
         return result.embedding
 
     def _url(self, reference: str, task_id: object) -> str:
