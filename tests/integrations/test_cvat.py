@@ -26,11 +26,11 @@ import pytest
 import yaml
 from cvat_sdk.masks import decode_mask
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from service.devtools.gateway_process import REPO, GatewayProcess
 from service.devtools.prometheus import sample_sum
 from tests.conftest import Fixture
+from tests.gateway.test_segment import rle_mask
 
 KEY = "cvat-test-key-0123456789"
 NUCLIO = REPO / "integrations" / "cvat" / "nuclio"
@@ -59,8 +59,7 @@ def segment(gateway: GatewayProcess, data: bytes, prompt: dict[str, Any], multim
     response = httpx.post(f"{gateway.url}/segment", json=body, headers=headers, timeout=300)
     assert response.status_code == 200, response.text
     best = response.json()["results"][0]["candidates"][0]
-    rle = best["mask"]
-    return mask_utils.decode({**rle, "counts": rle["counts"].encode()}).astype(bool), best["score"]
+    return rle_mask(best), best["score"]
 
 
 def encodes(gateway: GatewayProcess) -> float:

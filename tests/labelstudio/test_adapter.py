@@ -14,13 +14,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
 
 from service.devtools.label_studio import sdk_call
-from service.devtools.prometheus import sample_sum
 from tests.conftest import Fixture
 from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.gateway.test_errors import assert_error, png_bytes
+from tests.gateway.test_segment import rle_mask
 from tests.labelstudio.image_server import ImageServer, image_server
 
 LS_TOKEN = "legacy-token-0123456789"
@@ -149,15 +148,6 @@ async def segment(
     return best
 
 
-def encodes(metrics: str) -> float:
-    return sample_sum(metrics, "esam_encoder_images_total")
-
-
-def coco(mask: dict[str, Any]) -> np.ndarray:
-    decoded: np.ndarray = mask_utils.decode({**mask, "counts": mask["counts"].encode()})
-    return decoded.astype(bool)
-
-
 async def test_protocol_endpoints_answer_as_label_studio_expects(
     gateway_factory: GatewayFactory, files: ImageServer
 ) -> None:
@@ -239,13 +229,13 @@ async def test_a_click_is_a_brush_region_equal_to_segments_mask(
         # one positive point: the best of the three multimask candidates
         best = await segment(gw, image_id, {"points": [[482.4, 301.5]], "labels": [1]}, True)
         [mask] = brush_masks([region])
-        np.testing.assert_array_equal(mask, coco(best["mask"]))
+        np.testing.assert_array_equal(mask, rle_mask(best))
         assert region["score"] == pytest.approx(best["score"])
         assert prediction["score"] == pytest.approx(best["score"])
         assert prediction["model_version"].startswith("efficientsam-ti-")
 
         # the next click on the task: nothing downloaded, nothing encoded
-        fetched, encoded = len(files.seen), encodes((await gw.client.get("/metrics")).text)
+        fetched, encoded = len(files.seen), gw.encodes
         body = predict_body(
             [task(reference)],
             [keypoint(45.0, 50.0), keypoint(80.0, 20.0, positive=False), rectangle(10, 20, 50, 60)],
@@ -253,7 +243,7 @@ async def test_a_click_is_a_brush_region_equal_to_segments_mask(
         response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
         assert response.status_code == 200, response.text
         assert len(files.seen) == fetched
-        assert encodes((await gw.client.get("/metrics")).text) == encoded
+        assert gw.encodes == encoded
         [region] = response.json()["results"][0]["result"]
         assert region["value"]["brushlabels"] == ["stick"]  # the last item's label
         # a box and points: the single-mask output
@@ -264,7 +254,7 @@ async def test_a_click_is_a_brush_region_equal_to_segments_mask(
         }
         single = await segment(gw, image_id, prompt, False)
         [mask] = brush_masks([region])
-        np.testing.assert_array_equal(mask, coco(single["mask"]))
+        np.testing.assert_array_equal(mask, rle_mask(single))
 
 
 async def test_a_polygon_config_gets_polygons(
@@ -287,8 +277,8 @@ async def test_a_polygon_config_gets_polygons(
             assert region["value"]["closed"] is True
             cv2.fillPoly(drawn, [np.round(points).astype(np.int32)], (1,))
         image_id = hashlib.sha256(files.files["/data/upload/1/abcd1234-dogs.jpg"]).hexdigest()
-        mask = coco(
-            (await segment(gw, image_id, {"points": [[482.4, 301.5]], "labels": [1]}, True))["mask"]
+        mask = rle_mask(
+            await segment(gw, image_id, {"points": [[482.4, 301.5]], "labels": [1]}, True)
         )
         inside = drawn.astype(bool)
         assert (inside & mask).sum() / mask.sum() > 0.97  # holes are not drawn: a superset
@@ -388,7 +378,7 @@ async def test_preannotation_with_everything(
             json={"image_id": image_id, "points_per_side": 4, **lenient},
             headers={"Authorization": f"Bearer {KEY}"},
         )
-        expected = [coco(m["mask"]) for m in api.json()["masks"]]
+        expected = [rle_mask(m) for m in api.json()["masks"]]
         assert expected  # the fixture image has objects to find
         assert len(regions) == len(expected)
         for region, got, want in zip(regions, brush_masks(regions), expected, strict=True):
@@ -445,5 +435,5 @@ async def test_replicas_sharing_redis_download_an_image_once(
     async with gateway_factory(**shared) as second:  # another replica, same Redis
         answer = await second.client.post("/labelstudio/predict", json=body, headers=basic())
         assert answer.status_code == 200, answer.text
-        assert encodes((await second.client.get("/metrics")).text) == 0  # nor encoded
+        assert second.encodes == 0  # nor encoded
     assert len(files.seen) == 1  # not downloaded again

@@ -141,12 +141,10 @@ async def checked_addresses(url: httpx.URL, policy: FetchPolicy) -> list[IpAddre
 
 def _pinned(url: httpx.URL, address: IpAddress) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
     """The URL with the checked address as host, the Host header, the TLS server name."""
-    ip = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
-    host_header = url.host if url.port is None else f"{url.host}:{url.port}"
-    if ":" in url.host and not url.host.startswith("["):
-        host_header = f"[{url.host}]" if url.port is None else f"[{url.host}]:{url.port}"
+    host = f"[{url.host}]" if ":" in url.host else url.host  # an IPv6 literal: bracketed
+    host_header = host if url.port is None else f"{host}:{url.port}"
     extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-    return url.copy_with(host=ip.strip("[]")), {"Host": host_header}, extensions
+    return url.copy_with(host=str(address)), {"Host": host_header}, extensions
 
 
 class UpstreamStatusError(ImageFetchError):
