@@ -73,25 +73,30 @@ _DESCRIPTIONS: dict[int | str, str] = {
     413: "body or image too large (`image_too_large`)",
     415: "unsupported Content-Type or image format (`unsupported_media_type`)",
     422: "invalid image, prompt or request (`invalid_image`, `invalid_prompt`, `invalid_request`)",
+    "422-fetch": "invalid image, prompt or request (`invalid_image`, `invalid_prompt`, "
+    "`invalid_request`), or an image reference the service may not fetch "
+    "(`image_url_not_allowed`)",
     429: "the encoder queue is full, or (segment everything) as many jobs as allowed are "
     "running (`overloaded`); retry after `Retry-After` seconds",
+    502: "the image could not be fetched from where the task says (`image_fetch_failed`)",
     503: "the encoder is unavailable (`encoder_unavailable`); retry after `Retry-After` seconds",
     "503-delete": "the shared cache could not confirm the delete on every replica "
     "(`cache_unavailable`); retry after `Retry-After` seconds",
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the errors a route can answer."""
-    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS[s]} for s in statuses}
+def error_responses(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the errors a route can answer (a variant of a
+    status's description as ``"<status>-<variant>"``)."""
+    return {
+        int(str(s).split("-")[0]): {"model": ErrorResponse, "description": _DESCRIPTIONS[s]}
+        for s in statuses
+    }
 
 
 def delete_error_responses() -> dict[int | str, dict[str, Any]]:
     """What ``DELETE /embeddings/{id}`` can answer besides 204."""
-    return {
-        **error_responses(401, 422),
-        503: {"model": ErrorResponse, "description": _DESCRIPTIONS["503-delete"]},
-    }
+    return error_responses(401, 422, "503-delete")
 
 
 def error_response(

@@ -9,7 +9,10 @@ checks relaxed (its documented answer to ``validation_mismatch``):
    server reads (schemathesis's own samples include GIF, PDF and ZIP);
 2. prompt coordinates lie within the image (its size is known only from its pixels);
 3. ``labels`` has one entry per point; a box's corners are ordered; at most six points
-   per prompt, a box counting as two.
+   per prompt, a box counting as two;
+4. Label Studio's routes: a labeling config the model can answer (an ``<Image>`` with a
+   ``<BrushLabels>`` or ``<PolygonLabels>`` on it), and tasks whose image key holds an
+   image (a ``data:`` URI of one of the images above).
 
 Negative cases are left alone: everything that breaks the schema must still be refused.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import json
 from typing import Any
 
 import schemathesis
@@ -90,12 +94,57 @@ def _fit_prompt(prompt: dict[str, Any], width: int, height: int) -> None:
         prompt["points"], prompt["labels"] = [[0.0, 0.0]], [1]
 
 
+#: (labeling config, the task data key of its image)
+LABEL_CONFIGS = [
+    (
+        '<View><Image name="image" value="$image"/><BrushLabels name="mask" toName="image">'
+        '<Label value="object"/></BrushLabels></View>',
+        "image",
+    ),
+    (
+        '<View><Image name="pic" value="$photo"/><PolygonLabels name="outline" toName="pic">'
+        '<Label value="a"/><Label value="b"/></PolygonLabels>'
+        '<BrushLabels name="brush" toName="pic"/></View>',
+        "photo",
+    ),
+]
+DATA_URIS = [
+    f"data:image/{Image.open(io.BytesIO(data)).format.lower()};base64,"  # type: ignore[union-attr]
+    + base64.b64encode(data).decode()
+    for data, _, _ in IMAGES
+]
+
+
+def _pick(body: Any, choices: int) -> int:
+    """A choice that follows from the generated body (so the run stays deterministic)."""
+    return len(json.dumps(body, sort_keys=True, default=str)) % choices
+
+
+def _label_studio(path: str, body: dict[str, Any]) -> None:
+    config, key = LABEL_CONFIGS[_pick(body, len(LABEL_CONFIGS))]
+    if path == "/labelstudio/setup":
+        if isinstance(body.get("schema"), str):
+            body["schema"] = config
+        return
+    body["label_config"] = config
+    for n, task in enumerate(body.get("tasks", [])):
+        if isinstance(task, dict) and isinstance(task.get("data"), dict):
+            task["data"][key] = DATA_URIS[(_pick(task, len(DATA_URIS)) + n) % len(DATA_URIS)]
+
+
 @schemathesis.hook
 def map_case(ctx: Any, case: Case) -> Case:
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return case
     body: Any = case.body
-    if case.path != "/segment" or not isinstance(body, dict):
+    if not isinstance(body, dict):
+        return case
+    if case.path in ("/labelstudio/setup", "/labelstudio/predict"):
+        body = copy.deepcopy(body)
+        _label_studio(case.path, body)
+        case.body = body
+        return case
+    if case.path != "/segment":
         return case
     body = copy.deepcopy(body)
     width, height = SIZES.get(str(body.get("image")), SMALLEST)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.devtools.label_studio import sdk_call
 from tests.conftest import Fixture
@@ -437,3 +439,99 @@ async def test_replicas_sharing_redis_download_an_image_once(
         assert answer.status_code == 200, answer.text
         assert second.encodes == 0  # nor encoded
     assert len(files.seen) == 1  # not downloaded again
+
+
+def gif_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "GIF")
+    return out.getvalue()
+
+
+def data_uri(data: bytes, media_type: str = "image/jpeg") -> str:
+    return f"data:{media_type};base64," + base64.b64encode(data).decode()
+
+
+async def test_an_inline_image_is_read_without_a_fetch(
+    gateway_factory: GatewayFactory, files: ImageServer, fixture: Fixture
+) -> None:
+    image = fixture.image_path.read_bytes()
+    async with gateway_factory(**settings(files, max_image_bytes=len(image) + 10)) as gw:
+        body = predict_body([task(data_uri(image))], [keypoint(45.0, 50.0)])
+        response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+        assert response.status_code == 200, response.text
+        [region] = response.json()["results"][0]["result"]
+        image_id = hashlib.sha256(image).hexdigest()
+        best = await segment(gw, image_id, {"points": [[482.4, 301.5]], "labels": [1]}, True)
+        [mask] = brush_masks([region])
+        np.testing.assert_array_equal(mask, rle_mask(best))
+        encoded = gw.encodes
+        response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+        assert response.status_code == 200, response.text
+        assert gw.encodes == encoded  # cached by its bytes
+        assert files.seen == []
+
+        bad = [
+            ("data:text/plain;base64,aGVsbG8=", 422, "image_url_not_allowed"),
+            ("data:image/png,rawbytes", 422, "image_url_not_allowed"),
+            ("data:image/png;base64,not*base64", 422, "invalid_image"),
+            (data_uri(gif_bytes(), "image/gif"), 415, "unsupported_media_type"),
+            (data_uri(image + bytes(100)), 413, "image_too_large"),
+        ]
+        for reference, status, code in bad:
+            body = predict_body([task(reference)], [keypoint(45.0, 50.0)])
+            response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+            assert_error(response, status, code)
+
+
+async def test_a_rectangle_thinner_than_a_pixel_is_one_pixel_wide(
+    gateway_factory: GatewayFactory, files: ImageServer
+) -> None:
+    async with gateway_factory(**settings(files)) as gw:
+        reference = "/data/upload/1/abcd1234-dogs.jpg"
+        # drawn at the right edge with no width: the image's last column
+        body = predict_body([task(reference)], [rectangle(100.0, 20.0, 0.0, 60.0)])
+        response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+        assert response.status_code == 200, response.text
+        [region] = response.json()["results"][0]["result"]
+        image_id = hashlib.sha256(files.files[reference]).hexdigest()
+        expected = await segment(gw, image_id, {"box": [1071.0, 120.6, 1072.0, 482.4]}, False)
+        [mask] = brush_masks([region])
+        np.testing.assert_array_equal(mask, rle_mask(expected))
+
+
+async def test_requests_are_checked_as_the_document_states(
+    gateway_factory: GatewayFactory, files: ImageServer
+) -> None:
+    async with gateway_factory(**settings(files)) as gw:
+        reference = "/data/upload/1/abcd1234-dogs.jpg"
+        without_y = keypoint(45.0, 50.0)
+        del without_y["value"]["y"]
+        as_text = keypoint(45.0, 50.0)
+        as_text["value"]["x"] = "45"
+        for click in (without_y, as_text, {"value": {"x": 1, "y": 2}}, "a click"):
+            body = predict_body([task(reference)], [click])  # type: ignore[list-item]
+            response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+            assert_error(response, 422, "invalid_request")
+        for body in (
+            predict_body([], None),
+            {**predict_body([task(reference)], None), "label_config": None},
+            predict_body([{"id": 1}], None),  # a task without data
+            predict_body([{"id": "one", "data": {"img": reference}}], None),
+        ):
+            response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+            assert_error(response, 422, "invalid_request")
+        assert files.seen == []
+        # results of other tools in the context are ignored
+        other = {"type": "brushlabels", "value": {"format": "rle", "rle": [1, 2]}}
+        click = predict_body([task(reference)], [keypoint(45.0, 50.0)])
+        with_other = predict_body([task(reference)], [other, keypoint(45.0, 50.0)])
+        answers = []
+        for body in (click, with_other):
+            response = await gw.client.post("/labelstudio/predict", json=body, headers=basic())
+            assert response.status_code == 200, response.text
+            answers.append(response.json()["results"][0]["result"][0]["value"]["rle"])
+        assert answers[0] == answers[1]
+        # a webhook body is an event: it names its action
+        for event in ({}, {"action": 1}, ["ANNOTATION_CREATED"]):
+            response = await gw.client.post("/labelstudio/webhook", json=event, headers=basic())
+            assert_error(response, 422, "invalid_request")

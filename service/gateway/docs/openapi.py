@@ -14,12 +14,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service.core.everything import densest_grid
-from service.gateway.auth import OPEN_PATHS
+from service.gateway.auth import OPEN_PATHS, accepts_basic
 from service.gateway.everything.protocol import DEFAULT_POINTS_PER_SIDE
 from service.settings import Settings
 
 JsonObject = dict[str, Any]
 SECURITY_SCHEME = "apiKey"
+BASIC_SCHEME = "apiKeyAsBasicPassword"
 
 
 def deployment_openapi(app: FastAPI, settings: Settings) -> JsonObject:
@@ -85,14 +86,24 @@ def _everything_budget(schemas: JsonObject, max_prompts: int) -> None:
 
 
 def _require_api_key(document: JsonObject) -> None:
-    """Bearer keys on every operation but the probes and the metrics."""
+    """Bearer keys on every operation but the probes and the metrics; under
+    ``/labelstudio`` (Label Studio sends only Basic) a key as the Basic password too."""
     document["components"]["securitySchemes"] = {
         SECURITY_SCHEME: {
             "type": "http",
             "scheme": "bearer",
             "description": "one of ESAM_API_KEYS",
-        }
+        },
+        BASIC_SCHEME: {
+            "type": "http",
+            "scheme": "basic",
+            "description": "any user name, one of ESAM_API_KEYS as the password "
+            "(Label Studio's ML backend routes only)",
+        },
     }
     for path, operations in document["paths"].items():
+        security: list[JsonObject] = [] if path in OPEN_PATHS else [{SECURITY_SCHEME: []}]
+        if accepts_basic(path):
+            security.append({BASIC_SCHEME: []})
         for operation in operations.values():
-            operation["security"] = [] if path in OPEN_PATHS else [{SECURITY_SCHEME: []}]
+            operation["security"] = security

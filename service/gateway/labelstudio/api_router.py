@@ -3,26 +3,32 @@ Studio's Model settings is ``http://<gateway>/labelstudio``.
 
 ``/health`` and ``/setup`` touch neither the encoder nor the cache (Label Studio gives
 them 1 s and 3 s); ``/webhook`` answers every event at once and ignores it. The routes
-are Label Studio's contract, not this API's: they stay out of the OpenAPI document and
-are described in docs/integrations.md. Errors use the gateway's error table.
+are Label Studio's contract; they are in the OpenAPI document (tag "Label Studio ML
+backend", HTTP Basic with an API key as the password, or Bearer) so that the document
+lists everything the server answers. Errors use the gateway's error table.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Request
 
+from service.gateway.errors import error_responses
 from service.gateway.labelstudio.protocol import (
     HealthResponse,
     PredictRequest,
     PredictResponse,
     SetupRequest,
     SetupResponse,
+    VersionsResponse,
+    WebhookEvent,
+    WebhookResponse,
 )
 from service.gateway.labelstudio.serving import LabelStudioBackend
 
-router = APIRouter(prefix="/labelstudio", include_in_schema=False)
+TAG = "Label Studio ML backend"
+router = APIRouter(prefix="/labelstudio", tags=[TAG])
 
 
 def get_backend(request: Request) -> LabelStudioBackend:
@@ -32,30 +38,67 @@ def get_backend(request: Request) -> LabelStudioBackend:
 Backend = Annotated[LabelStudioBackend, Depends(get_backend)]
 
 
-@router.get("")
-@router.get("/")
-@router.get("/health")
+@router.get("", include_in_schema=False)
+@router.get("/", include_in_schema=False)
+@router.get(
+    "/health",
+    operation_id="labelstudio_health",
+    responses=error_responses(401),
+    summary="Label Studio's health check (answers within its 1 s)",
+)
 async def health(backend: Backend) -> HealthResponse:
     return HealthResponse(model_version=backend.model_version)
 
 
-@router.post("/setup")
+@router.post(
+    "/setup",
+    operation_id="labelstudio_setup",
+    responses=error_responses(401, 413, 422),
+    summary="Label Studio connects a project: its labeling config is checked",
+    description="A config the model cannot answer (no `<Image>` with a `<BrushLabels>` or "
+    "`<PolygonLabels>` on it) is refused with 422 naming what is missing; nothing is "
+    "encoded or fetched.",
+)
 async def setup(body: SetupRequest, backend: Backend) -> SetupResponse:
     return backend.setup(body)
 
 
-@router.get("/versions")
-async def versions(backend: Backend) -> dict[str, list[str]]:
-    return {"versions": [backend.model_version]}
+@router.get(
+    "/versions",
+    operation_id="labelstudio_versions",
+    responses=error_responses(401),
+    summary="The model version Label Studio lists",
+)
+async def versions(backend: Backend) -> VersionsResponse:
+    return VersionsResponse(versions=[backend.model_version])
 
 
-@router.post("/predict")
+@router.post(
+    "/predict",
+    operation_id="labelstudio_predict",
+    responses=error_responses(401, 413, "422-fetch", 429, 502, 503),
+    summary="Masks for an annotator's clicks, or a project's tasks encoded ahead",
+    description=(
+        "With `params.context` (an annotator's smart KeyPointLabels / RectangleLabels): one "
+        "task, one prompt, the mask as a brush region (and polygons for a "
+        "`<PolygonLabels>`); its error is the answer. Without: each task's image is fetched, "
+        "encoded and cached, and every task gets one prediction (empty, or segment "
+        "everything with `ESAM_LABEL_STUDIO_PREANNOTATE=everything`); in a batch a task "
+        "that fails gets `+failed` and one not ready within "
+        "`ESAM_LABEL_STUDIO_BATCH_BUDGET_S` `+pending` after the model version."
+    ),
+)
 async def predict(body: PredictRequest, backend: Backend) -> PredictResponse:
     return await backend.predict(body)
 
 
-@router.post("/webhook")
-async def webhook() -> dict[str, Any]:
+@router.post(
+    "/webhook",
+    operation_id="labelstudio_webhook",
+    responses=error_responses(401, 413, 422),
+    summary="Label Studio's events, acknowledged and ignored (the model does not train)",
+)
+async def webhook(event: WebhookEvent) -> WebhookResponse:
     """Every event (annotation created, START_TRAINING, ...) is acknowledged: the model
     does not train on annotations, and Label Studio gives a webhook 1 s."""
-    return {"status": "ok"}
+    return WebhookResponse()

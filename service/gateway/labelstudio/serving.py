@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any
 
 import httpx
 import numpy as np
@@ -35,17 +36,30 @@ from service.core.cache.redis_tier import RedisTier, RedisUnavailableError
 from service.core.decoding import DecodeRequest
 from service.core.embedding import Embedding
 from service.core.everything import EverythingParams, densest_grid
-from service.errors import EsamError, ImageUrlNotAllowedError, InvalidRequestError
+from service.errors import (
+    EsamError,
+    ImageTooLargeError,
+    ImageUrlNotAllowedError,
+    InvalidImageError,
+    InvalidRequestError,
+)
 from service.gateway.everything.protocol import DEFAULT_POINTS_PER_SIDE
 from service.gateway.labelstudio.brush_rle import encode_brush_rle
 from service.gateway.labelstudio.credentials import LabelStudioCredentials
 from service.gateway.labelstudio.fetch import FetchPolicy, ImageFetcher, UpstreamStatusError
 from service.gateway.labelstudio.label_config import LabelConfig, parse_label_config
 from service.gateway.labelstudio.protocol import (
+    BrushRegion,
+    BrushValue,
+    KeypointClick,
+    PolygonRegion,
+    PolygonValue,
     PredictRequest,
     PredictResponse,
+    RectangleClick,
     SetupRequest,
     SetupResponse,
+    Task,
     TaskPrediction,
 )
 from service.gateway.state import ServingState
@@ -118,56 +132,59 @@ def _region_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def _prompt(items: list[dict[str, Any]], width: int, height: int) -> tuple[Prompt, str | None]:
-    """Context items → one prompt in pixels, and the label of the last item."""
+def _prompt(
+    clicks: list[KeypointClick | RectangleClick], width: int, height: int
+) -> tuple[Prompt, str | None]:
+    """Clicks (percent) → one prompt in pixels, and the label of the last click. A box
+    thinner than a pixel (drawn at an edge) is one pixel wide."""
     points: list[list[float]] = []
     labels: list[int] = []
     box: list[float] | None = None
     label: str | None = None
-    for item in items:
-        value = item.get("value") or {}
-        kind = item["type"]
-        try:
-            x = min(max(float(value["x"]), 0.0), 100.0) * width / 100
-            y = min(max(float(value["y"]), 0.0), 100.0) * height / 100
-            if kind == "rectanglelabels":
-                x1 = min(x + float(value["width"]) * width / 100, float(width))
-                y1 = min(y + float(value["height"]) * height / 100, float(height))
-                box = [x, y, x1, y1]
-            else:
-                points.append([x, y])
-                labels.append(0 if item.get("is_positive") is False else 1)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidRequestError(f"context: a {kind} item without numeric x/y: {exc}") from exc
-        names = value.get(kind) or value.get("labels") or []
-        label = str(names[0]) if names else label
+    for click in clicks:
+        value = click.value
+        x = min(max(value.x, 0.0), 100.0) * width / 100
+        y = min(max(value.y, 0.0), 100.0) * height / 100
+        if isinstance(click, RectangleClick):
+            rect = click.value
+            corners = []
+            for start, size, extent in ((x, rect.width, width), (y, rect.height, height)):
+                end = min(start + size * extent / 100, float(extent))
+                if end - start < 1:
+                    start = min(start, extent - 1.0)
+                    end = start + 1
+                corners.append((start, end))
+            (x0, x1), (y0, y1) = corners
+            box = [x0, y0, x1, y1]
+            names = rect.rectanglelabels or rect.labels
+        else:
+            points.append([x, y])
+            labels.append(0 if click.is_positive is False else 1)
+            names = click.value.keypointlabels or click.value.labels
+        label = names[0] if names else label
     keep = MAX_BOX_POINTS if box is not None else MAX_POINTS  # the latest clicks count
     return Prompt(points=points[-keep:], labels=labels[-keep:], box=box), label
 
 
-def _brush(config: LabelConfig, mask: NDArray[np.bool_], label: str | None) -> dict[str, Any]:
+def _brush(
+    config: LabelConfig, mask: NDArray[np.bool_], label: str | None, score: float
+) -> BrushRegion:
     assert config.brush is not None
     height, width = mask.shape
-    return {
-        "id": _region_id(),
-        "from_name": config.brush.name,
-        "to_name": config.image_name,
-        "type": "brushlabels",
-        "original_width": width,
-        "original_height": height,
-        "image_rotation": 0,
-        "value": {
-            "format": "rle",
-            "rle": encode_brush_rle(mask),
-            "brushlabels": [label] if label else [],
-        },
-        "readonly": False,
-    }
+    return BrushRegion(
+        id=_region_id(),
+        from_name=config.brush.name,
+        to_name=config.image_name,
+        original_width=width,
+        original_height=height,
+        value=BrushValue(rle=encode_brush_rle(mask), brushlabels=[label] if label else []),
+        score=score,
+    )
 
 
 def _polygons(
-    config: LabelConfig, mask: NDArray[np.bool_], label: str | None
-) -> list[dict[str, Any]]:
+    config: LabelConfig, mask: NDArray[np.bool_], label: str | None, score: float
+) -> list[PolygonRegion]:
     assert config.polygon is not None
     height, width = mask.shape
     results = []
@@ -175,34 +192,29 @@ def _polygons(
         ring = polygon["exterior"]
         if len(ring) < 3:
             continue  # one or two pixels: no area to draw
+        points = [(x * 100 / width, y * 100 / height) for x, y in ring]
         results.append(
-            {
-                "id": _region_id(),
-                "from_name": config.polygon.name,
-                "to_name": config.image_name,
-                "type": "polygonlabels",
-                "original_width": width,
-                "original_height": height,
-                "image_rotation": 0,
-                "value": {
-                    "points": [[x * 100 / width, y * 100 / height] for x, y in ring],
-                    "closed": True,
-                    "polygonlabels": [label] if label else [],
-                },
-                "readonly": False,
-            }
+            PolygonRegion(
+                id=_region_id(),
+                from_name=config.polygon.name,
+                to_name=config.image_name,
+                original_width=width,
+                original_height=height,
+                value=PolygonValue(points=points, polygonlabels=[label] if label else []),
+                score=score,
+            )
         )
     return results
 
 
 def _regions(
     config: LabelConfig, mask: NDArray[np.bool_], label: str | None, score: float
-) -> list[dict[str, Any]]:
-    regions = [_brush(config, mask, label)] if config.brush else []
+) -> list[BrushRegion | PolygonRegion]:
+    regions: list[BrushRegion | PolygonRegion] = []
+    if config.brush:
+        regions.append(_brush(config, mask, label, score))
     if config.polygon:
-        regions += _polygons(config, mask, label)
-    for region in regions:
-        region["score"] = score
+        regions += _polygons(config, mask, label, score)
     return regions
 
 
@@ -275,7 +287,7 @@ class LabelStudioBackend:
     async def predict(self, request: PredictRequest) -> PredictResponse:
         config = parse_label_config(request.label_config)
         context = request.params.context.result if request.params and request.params.context else []
-        clicks = [c for c in context if c.get("type") in ("keypointlabels", "rectanglelabels")]
+        clicks = [c for c in context if isinstance(c, KeypointClick | RectangleClick)]
         if len(request.tasks) == 1:  # a click or an opened task: its error is the answer
             return PredictResponse(results=[await self._task(request.tasks[0], config, clicks)])
         # Label Studio sends every selected task in one request and waits ML_TIMEOUT_PREDICT
@@ -294,7 +306,7 @@ class LabelStudioBackend:
         return PredictResponse(results=results)
 
     async def _batched(
-        self, task: dict[str, Any], config: LabelConfig, deadline: float
+        self, task: Task, config: LabelConfig, deadline: float
     ) -> TaskPrediction | None:
         """One task of a batch: None when its image was ready only after the answer."""
         async with self._batch:
@@ -304,17 +316,20 @@ class LabelStudioBackend:
                     return None  # answered as pending; the embedding is cached now
                 return await self._answer(config, embedding, [])
             except EsamError as exc:
-                log.warning("label studio task %s: %s: %s", task.get("id"), exc.code, exc.message)
+                log.warning("label studio task %s: %s: %s", task.id, exc.code, exc.message)
                 version = self.model_version + FAILED_SUFFIX
                 return TaskPrediction(result=[], score=0.0, model_version=version)
 
     async def _task(
-        self, task: dict[str, Any], config: LabelConfig, clicks: list[dict[str, Any]]
+        self, task: Task, config: LabelConfig, clicks: list[KeypointClick | RectangleClick]
     ) -> TaskPrediction:
         return await self._answer(config, await self._embedding(task, config), clicks)
 
     async def _answer(
-        self, config: LabelConfig, embedding: Embedding, clicks: list[dict[str, Any]]
+        self,
+        config: LabelConfig,
+        embedding: Embedding,
+        clicks: list[KeypointClick | RectangleClick],
     ) -> TaskPrediction:
         if clicks:
             return await self._click(config, embedding, clicks)
@@ -323,7 +338,10 @@ class LabelStudioBackend:
         return TaskPrediction(result=[], score=0.0, model_version=self.model_version)
 
     async def _click(
-        self, config: LabelConfig, embedding: Embedding, clicks: list[dict[str, Any]]
+        self,
+        config: LabelConfig,
+        embedding: Embedding,
+        clicks: list[KeypointClick | RectangleClick],
     ) -> TaskPrediction:
         width, height = embedding.width, embedding.height
         prompt, label = _prompt(clicks, width, height)
@@ -349,24 +367,43 @@ class LabelStudioBackend:
         score = float(np.mean(scores)) if scores else 0.0
         return TaskPrediction(result=regions, score=score, model_version=self.model_version)
 
-    async def _embedding(self, task: dict[str, Any], config: LabelConfig) -> Embedding:
-        data = task.get("data")
-        reference = data.get(config.image_key) if isinstance(data, dict) else None
+    async def _embedding(self, task: Task, config: LabelConfig) -> Embedding:
+        reference = task.data.get(config.image_key)
         if not isinstance(reference, str) or not reference:
-            raise InvalidRequestError(
-                f"task {task.get('id')}: data.{config.image_key} holds no image URL"
-            )
+            raise InvalidRequestError(f"task {task.id}: data.{config.image_key} holds no image URL")
+        if reference.startswith("data:"):  # the image itself: nothing to fetch or remember
+            result = await self._state.embeddings.embed(self._inline(reference))
+            return result.embedding
         image_id = await self._memory.get(reference)
         if image_id is not None:
             embedding = await self._state.embeddings.lookup(image_id)
             if embedding is not None:
                 return embedding  # nothing downloaded, nothing encoded
-        image = await self._download(self._url(reference, task.get("id")))
+        image = await self._download(self._url(reference, task.id))
         result = await self._state.embeddings.embed(image)
         await self._memory.put(reference, result.image_id)
         return result.embedding
 
-    def _url(self, reference: str, task_id: object) -> str:
+    def _inline(self, reference: str) -> bytes:
+        """A ``data:image/...;base64,`` URI's bytes (the format is read from them, as for
+        ``/embed``), within ``ESAM_MAX_IMAGE_BYTES``."""
+        header, comma, payload = reference.partition(",")
+        if not comma or not header.endswith(";base64") or not header.startswith("data:image/"):
+            raise ImageUrlNotAllowedError(
+                "image data URI: only data:image/<type>;base64,<bytes> is read"
+            )
+        limit = self._settings.max_image_bytes
+        if len(payload) > 4 * math.ceil(limit / 3):
+            raise ImageTooLargeError(f"image data URI: larger than {limit} bytes")
+        try:
+            image = base64.b64decode(payload, validate=True)
+        except binascii.Error as exc:
+            raise InvalidImageError(f"image data URI: invalid base64 ({exc})") from exc
+        if len(image) > limit:
+            raise ImageTooLargeError(f"image data URI: larger than {limit} bytes")
+        return image
+
+    def _url(self, reference: str, task_id: int | None) -> str:
         if reference.startswith(("http://", "https://")):
             return reference
         if self._credentials is None:
