@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import dataclasses
 import hashlib
@@ -40,10 +39,10 @@ from service.errors import (
     EsamError,
     ImageTooLargeError,
     ImageUrlNotAllowedError,
-    InvalidImageError,
     InvalidRequestError,
 )
 from service.gateway.everything.protocol import DEFAULT_POINTS_PER_SIDE
+from service.gateway.images import decode_base64_image
 from service.gateway.labelstudio.brush_rle import encode_brush_rle
 from service.gateway.labelstudio.credentials import LabelStudioCredentials
 from service.gateway.labelstudio.fetch import FetchPolicy, ImageFetcher, UpstreamStatusError
@@ -395,10 +394,7 @@ class LabelStudioBackend:
         limit = self._settings.max_image_bytes
         if len(payload) > 4 * math.ceil(limit / 3):
             raise ImageTooLargeError(f"image data URI: larger than {limit} bytes")
-        try:
-            image = base64.b64decode(payload, validate=True)
-        except binascii.Error as exc:
-            raise InvalidImageError(f"image data URI: invalid base64 ({exc})") from exc
+        image = decode_base64_image(reference, "image data URI")
         if len(image) > limit:
             raise ImageTooLargeError(f"image data URI: larger than {limit} bytes")
         return image
