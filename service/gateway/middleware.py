@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -47,10 +48,12 @@ class RequestContextMiddleware:
         start = time.perf_counter()
         self.metrics.in_flight.inc()
 
+        answered = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [
                     *message["headers"],
@@ -85,6 +88,16 @@ class RequestContextMiddleware:
                 await response(scope, receive, send_with_id)
                 return
             await self.app(scope, limited_receive, send_with_id)
+        except asyncio.CancelledError:
+            # the server gave up on it (shutdown past its grace period): say which one
+            log.warning(
+                "%s %s cancelled after %.1fs (%s)",
+                scope["method"],
+                scope["path"],
+                time.perf_counter() - start,
+                f"status {status} sent" if answered else "no answer sent",
+            )
+            raise
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")  # the route's template, never the URL

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
 
+from service.core.metrics import Metrics
+from service.gateway.middleware import RequestContextMiddleware
 from service.gateway.request_context import RequestIdFilter
 from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.gateway.test_errors import assert_error, png_bytes
@@ -23,6 +27,11 @@ async def test_openapi_documents_every_route(gateway: Gateway) -> None:
         "/healthz",
         "/readyz",
         "/metrics",
+        "/labelstudio/health",
+        "/labelstudio/setup",
+        "/labelstudio/predict",
+        "/labelstudio/webhook",
+        "/labelstudio/versions",
     } <= set(paths)
     assert {"head", "get", "delete"} <= set(paths["/embeddings/{image_id}"])
     embed_body = paths["/embed"]["post"]["requestBody"]["content"]
@@ -201,3 +210,42 @@ async def test_the_demo_page_is_served_as_its_setting_says(
         assert_error(await gw.client.post("/embed", content=png_bytes()), 401, "unauthorized")
     async with gateway_factory(ui=False) as gw:
         assert_error(await gw.client.get("/ui"), 404, "not_found")
+
+
+async def test_a_request_cancelled_by_the_server_is_logged_with_its_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What uvicorn does to a handler still running when shutdown's grace period ends."""
+    started = asyncio.Event()
+
+    async def never_answers(scope: Any, receive: Any, send: Any) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    app = RequestContextMiddleware(never_answers, metrics=Metrics(), max_body_bytes=1024)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/embed",
+        "headers": [
+            (b"x-request-id", b"stuck-request-1"),
+        ],
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        raise AssertionError("nothing is sent")
+
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level(logging.WARNING, logger="service.gateway"):
+        handler = asyncio.create_task(app(scope, receive, send))
+        await started.wait()
+        handler.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handler
+    [record] = [r for r in caplog.records if "cancelled" in r.getMessage()]
+    assert record.getMessage().startswith("POST /embed cancelled after ")
+    assert record.getMessage().endswith("(no answer sent)")
+    assert getattr(record, "request_id", None) == "stuck-request-1"

@@ -44,6 +44,14 @@ def _body_examples(
             yield media_type, example
 
 
+async def keyed_document(gw: Gateway) -> dict[str, Any]:
+    """The served document of a gateway whose API key is ``KEY``."""
+    response = await gw.client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return document
+
+
 def _success_status(operation: dict[str, Any]) -> int:
     (status,) = [int(code) for code in operation["responses"] if code.startswith("2")]
     return status
@@ -54,7 +62,7 @@ async def test_every_example_in_the_document_is_accepted(
 ) -> None:
     async with gateway_factory(api_keys=[KEY]) as gw:
         headers = {"Authorization": f"Bearer {KEY}"}
-        document = (await gw.client.get("/openapi.json", headers=headers)).json()
+        document = await keyed_document(gw)
         requests: list[tuple[str, str, dict[str, Any], int]] = []
         for path, operations in document["paths"].items():
             for method in sorted(operations, key=OPERATION_ORDER.index):
@@ -102,9 +110,7 @@ async def test_the_document_states_this_deployments_limits(
     async with gateway_factory(
         max_prompts=5, max_image_bytes=3000, max_everything_prompts=21, api_keys=[KEY]
     ) as gw:
-        document = (
-            await gw.client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"})
-        ).json()
+        document = await keyed_document(gw)
     schemas = document["components"]["schemas"]
     for name in ("SegmentByIdRequest", "SegmentWithImageRequest"):
         assert schemas[name]["properties"]["prompts"]["maxItems"] == 5
@@ -230,3 +236,22 @@ async def test_a_405_lists_every_method_of_the_path(gateway: Gateway) -> None:
     assert response.headers["Allow"] == "DELETE, GET, HEAD"
     on_embed = await gateway.client.get("/embed")
     assert on_embed.headers["Allow"] == "POST"
+
+
+async def test_label_studio_routes_take_the_key_as_basic_password_too(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async with gateway_factory(api_keys=[KEY]) as gw:
+        document = await keyed_document(gw)
+    schemes = document["components"]["securitySchemes"]
+    assert {(s["type"], s["scheme"]) for s in schemes.values()} == {
+        ("http", "bearer"),
+        ("http", "basic"),
+    }
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            used = {name for option in operation["security"] for name in option}
+            if path.startswith("/labelstudio/"):
+                assert {schemes[n]["scheme"] for n in used} == {"bearer", "basic"}, path
+            elif path not in ("/healthz", "/readyz", "/metrics"):
+                assert {schemes[n]["scheme"] for n in used} == {"bearer"}, path
