@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         description="Checkpoint path; 'random' for a demo with random weights; "
         "unset: download the official one.",
     )
+    weights_dir: Path | None = Field(
+        default=None,
+        description="Where the official checkpoint is downloaded when ESAM_CHECKPOINT is "
+        "unset (and where `python -m service.model.weights` puts it); default: the user "
+        "cache directory.",
+    )
     encoder: Literal["local", "triton"] = "local"
     encoder_device: str = "cpu"
     encoder_precision: Precision = "fp32"
@@ -294,7 +300,6 @@ class Settings(BaseSettings):
 NOT_SETTINGS = frozenset(
     {
         "ESAM_FIXTURES_DIR",  # the tests' and benchmarks' conformance fixture
-        "ESAM_WEIGHTS_DIR",  # where the weights downloader keeps checkpoints
     }
 )
 #: Settings that were renamed or folded into another: the error says where they went.

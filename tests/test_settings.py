@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from service.core.loading import resolve_checkpoint
+from service.errors import CheckpointError
+from service.model.weights import main as weights_main
 from service.settings import Settings
 from tests.services import free_port
 
@@ -68,7 +71,6 @@ def test_unknown_variable_stops_start_up_naming_the_closest(variable: str, sugge
 
 def test_variables_that_are_not_settings_are_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ESAM_FIXTURES_DIR", "/somewhere")
-    monkeypatch.setenv("ESAM_WEIGHTS_DIR", "/elsewhere")
     Settings()
     monkeypatch.setenv("ESAM_NO_SUCH_THING", "1")
     with pytest.raises(ValidationError, match="ESAM_NO_SUCH_THING"):
@@ -118,3 +120,18 @@ def test_the_demo_page_is_on_by_default_only_when_embedded() -> None:
     assert not Settings(encoder="triton").ui_enabled
     assert Settings(encoder="triton", ui=True).ui_enabled
     assert not Settings(ui=False).ui_enabled
+
+
+def test_the_weights_directory_is_a_setting_the_downloader_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every download fails at once (a proxy that refuses connections): only where it
+    # would have landed is of interest, and the downloader's lock file says so
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
+    gateway_dir, cli_dir = tmp_path / "gateway", tmp_path / "cli"
+    with pytest.raises(CheckpointError):
+        resolve_checkpoint(Settings(weights_dir=gateway_dir))
+    assert (gateway_dir / "efficient_sam_vitt.pt.lock").exists()
+    monkeypatch.setenv("ESAM_WEIGHTS_DIR", str(cli_dir))
+    assert weights_main(["ti"]) == 1
+    assert (cli_dir / "efficient_sam_vitt.pt.lock").exists()

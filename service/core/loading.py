@@ -59,7 +59,7 @@ def resolve_checkpoint(settings: Settings) -> str:
         return settings.checkpoint
     variant: Variant = settings.variant or "ti"
     try:
-        return str(download_weights(variant))
+        return str(download_weights(variant, settings.weights_dir))
     except WeightsDownloadError as exc:
         raise CheckpointError(
             f"no checkpoint configured and the official EfficientSAM-{variant} weights could not "

@@ -1,7 +1,7 @@
 """Download and verify the official EfficientSAM checkpoints.
 
 ``python -m service.model.weights ti`` (or ``make weights``) downloads into
-the user cache directory (``ESAM_WEIGHTS_DIR`` overrides it) and prints the
+the user cache directory (the setting ``ESAM_WEIGHTS_DIR`` overrides it) and prints the
 path. Files are verified by their git blob SHA-1 before use. A download goes
 to ``<file>.part`` and is renamed into place only once verified; an
 interrupted download resumes with an HTTP range request, or restarts when the
@@ -53,9 +53,7 @@ OFFICIAL_WEIGHTS: dict[Variant, OfficialWeights] = {
 
 
 def default_weights_dir() -> Path:
-    override = os.environ.get("ESAM_WEIGHTS_DIR")
-    if override:
-        return Path(override)
+    """Where checkpoints go unless ``ESAM_WEIGHTS_DIR`` (a setting) says otherwise."""
     return Path(platformdirs.user_cache_dir("efficientsam-serving")) / "weights"
 
 
@@ -167,11 +165,16 @@ def download_weights(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Download a verified EfficientSAM checkpoint.")
     parser.add_argument("variant", choices=VARIANTS, nargs="?", default="ti")
-    parser.add_argument("--dir", type=Path, default=None, help="target directory")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="target directory (default: ESAM_WEIGHTS_DIR)"
+    )
     parser.add_argument("--url", default=None, help="mirror URL instead of the official one")
     args = parser.parse_args(argv)
+    # the gateway's own setting, so that the file lands where the gateway will look
+    from service.settings import Settings
+
     try:
-        path = download_weights(args.variant, args.dir, url=args.url)
+        path = download_weights(args.variant, args.dir or Settings().weights_dir, url=args.url)
     except WeightsDownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -114,7 +114,6 @@ def test_only_triton_requests_gpus(objects: list[dict[str, Any]]) -> None:
 
 def test_every_esam_variable_is_a_gateway_setting(objects: list[dict[str, Any]]) -> None:
     fields = {f"ESAM_{name.upper()}" for name in Settings.model_fields}
-    fields.add("ESAM_WEIGHTS_DIR")  # read by the weights downloader, not the gateway
     named: set[str] = set()
     for obj in objects:
         if obj["kind"] in ("ConfigMap", "Secret"):
