@@ -94,11 +94,6 @@ def error_responses(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def delete_error_responses() -> dict[int | str, dict[str, Any]]:
-    """What ``DELETE /embeddings/{id}`` can answer besides 204."""
-    return error_responses(401, 422, "503-delete")
-
-
 def error_response(
     code: str, message: str, status: int, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from service.errors import EmbeddingNotFoundError
-from service.gateway.errors import delete_error_responses, error_responses
+from service.gateway.errors import error_responses
 from service.gateway.examples import EXAMPLE_IMAGE_ID
 from service.gateway.npy import NPY_RESPONSE, npy_response
 from service.gateway.protocol_types import IMAGE_ID_PATTERN
@@ -72,7 +72,7 @@ async def get_embedding(image_id: ImageId, state: State) -> Response:
         "204 once the embedding is gone from the shared cache and every replica has been "
         "told to drop its copy; 503 `cache_unavailable` when Redis could not confirm it."
     ),
-    responses=delete_error_responses(),
+    responses=error_responses(401, 422, "503-delete"),
 )
 async def delete_embedding(image_id: ImageId, state: State) -> Response:
     await state.embeddings.delete(image_id)
