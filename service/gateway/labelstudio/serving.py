@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import math
 import time
 import uuid
 from collections import OrderedDict
@@ -37,7 +36,6 @@ from service.core.embedding import Embedding
 from service.core.everything import EverythingParams, densest_grid
 from service.errors import (
     EsamError,
-    ImageTooLargeError,
     ImageUrlNotAllowedError,
     InvalidRequestError,
 )
@@ -383,21 +381,16 @@ class LabelStudioBackend:
         await self._memory.put(reference, result.image_id)
         return result.embedding
 
-    def _inline(self, reference: str) -> bytes:
-        """A ``data:image/...;base64,`` URI's bytes (the format is read from them, as for
-        ``/embed``), within ``ESAM_MAX_IMAGE_BYTES``."""
-        header, comma, payload = reference.partition(",")
+    @staticmethod
+    def _inline(reference: str) -> bytes:
+        """A ``data:image/...;base64,`` URI's bytes (the format is read from them, and
+        ``ESAM_MAX_IMAGE_BYTES`` applied by the embedding service, as for ``/embed``)."""
+        header, comma, _ = reference.partition(",")
         if not comma or not header.endswith(";base64") or not header.startswith("data:image/"):
             raise ImageUrlNotAllowedError(
                 "image data URI: only data:image/<type>;base64,<bytes> is read"
             )
-        limit = self._settings.max_image_bytes
-        if len(payload) > 4 * math.ceil(limit / 3):
-            raise ImageTooLargeError(f"image data URI: larger than {limit} bytes")
-        image = decode_base64_image(reference, "image data URI")
-        if len(image) > limit:
-            raise ImageTooLargeError(f"image data URI: larger than {limit} bytes")
-        return image
+        return decode_base64_image(reference, "image data URI")
 
     def _url(self, reference: str, task_id: int | None) -> str:
         if reference.startswith(("http://", "https://")):
