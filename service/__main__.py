@@ -24,7 +24,7 @@ def logging_config(level: str, log_format: str = "text") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "service.gateway.request_context.RequestIdFilter"}},
+        "filters": {"request_id": {"()": "service.core.request_context.RequestIdFilter"}},
         "formatters": {"default": formatter},
         "handlers": {
             "stderr": {

@@ -10,11 +10,22 @@ from pathlib import Path
 
 import redis
 
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, and one this process has not handed out before.
+
+    The kernel may offer the same free port to two binds in a row; a server given
+    two equal ports (Triton's HTTP and gRPC) refuses to start.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def redis_answers(url: str) -> bool:

@@ -152,6 +152,7 @@ class LocalTriton:
     address: str = "127.0.0.1"
     extra_wires: tuple[str, ...] = ()
     gpu: bool = False
+    log_verbose: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _prepared: tuple[Path, Path] | None = field(default=None, init=False)
     _log: BinaryIO | None = field(default=None, init=False)
@@ -199,7 +200,7 @@ class LocalTriton:
                 "--allow-metrics=true",
                 f"--allow-gpu-metrics={'true' if self.gpu else 'false'}",
                 "--allow-cpu-metrics=false",
-                "--log-verbose=0",
+                f"--log-verbose={self.log_verbose}",
                 "--exit-on-error=true",
                 "--strict-readiness=true",
             ],

@@ -10,9 +10,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.metrics import Metrics
+from service.core.request_context import new_request_id, reset_request_id, set_request_id
 from service.errors import ImageTooLargeError
 from service.gateway.errors import error_response
-from service.gateway.request_context import new_request_id, reset_request_id, set_request_id
 
 log = logging.getLogger("service.gateway")
 

@@ -10,8 +10,8 @@ import pytest
 from fastapi import FastAPI
 
 from service.core.metrics import Metrics
+from service.core.request_context import RequestIdFilter
 from service.gateway.middleware import RequestContextMiddleware
-from service.gateway.request_context import RequestIdFilter
 from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.gateway.test_errors import assert_error, png_bytes
 

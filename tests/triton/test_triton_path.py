@@ -215,6 +215,25 @@ async def test_an_image_that_fails_to_decode_in_triton_is_422(
         assert fine.status_code == 200, fine.text
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_triton_names_the_gateway_request_that_started_an_encode(
+    gateway_factory: GatewayFactory, triton: LocalTriton, protocol: str
+) -> None:
+    """An operator can follow one request from the gateway's log into Triton's."""
+    assert triton.log_path is not None
+    request_id = f"trace-me-{protocol}"
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+    async with gateway_factory(encoder="triton", triton_url=url) as gw:
+        response = await gw.client.post(
+            "/embed",
+            content=png_bytes(seed=300 if protocol == "grpc" else 301),
+            headers={"Content-Type": "image/png", "X-Request-Id": request_id},
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["X-Request-Id"] == request_id
+    assert f"[request id: {request_id}]" in triton.log_path.read_text()
+
+
 async def test_the_gateway_only_reads_the_header_on_the_triton_path(
     gateway_factory: GatewayFactory,
     triton: LocalTriton,

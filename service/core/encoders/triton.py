@@ -29,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 from service.core.circuit import BreakerState, Call, CircuitBreaker
 from service.core.encoders.base import EncodedImage
 from service.core.metrics import Metrics
+from service.core.request_context import current_request_id
 from service.core.tracing import trace_headers
 from service.errors import EncoderUnavailableError, InvalidImageError
 
@@ -183,7 +184,12 @@ class TritonEndpoint:
         await self._check_model()
         infer_input, outputs = self._request(data)
         result = await self._client.infer(
-            self.model_name, [infer_input], outputs=outputs, headers=trace_headers() or None
+            self.model_name,
+            [infer_input],
+            outputs=outputs,
+            # the gateway request that started this encode, in Triton's log and traces
+            request_id=current_request_id(default=""),
+            headers=trace_headers() or None,
         )
         embedding = result.as_numpy(OUTPUT_NAME)
         size = result.as_numpy(SIZE_NAME)
