@@ -11,7 +11,10 @@ nothing is served from a cache. In one run:
 * Triton direct, **after**: the client sends the JPEG's bytes to the ``efficientsam``
   ensemble (preprocessing beside the encoder);
 * bytes per request on the wire for both (the gRPC request's protobuf size);
-* the gateway's CPU time per cold ``/embed`` (new image) against a warm one (cache hit).
+* the gateway's CPU time per cold ``/embed`` (new image) against a warm one (cache hit),
+  with the embedding in Triton's answer and in shared memory (Triton on this host),
+  against a second Triton whose encoder is a stand-in that answers at once (the real
+  preprocessing before it), so that a cold request takes about as long as on a GPU.
 
     python bench/triton.py                                  # CPU, fixture checkpoint or random
     python bench/triton.py --concurrency 1 4 16 --requests 16
@@ -113,38 +116,40 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-async def gateway_cpu(server: LocalTriton, checkpoint: str, images: int) -> list[str]:
-    """The gateway process's CPU time per cold /embed (new 1080p JPEG) and per warm one.
+async def gateway_cpu(
+    server: LocalTriton, checkpoint: str, images: int, shared_memory: bool = False
+) -> list[str]:
+    """The gateway process's CPU time per cold /embed (new 1080p JPEG) and per warm one;
+    with ``shared_memory``, Triton writes the embeddings into the gateway's memory
+    (``ESAM_TRITON_SHARED_MEMORY=system``) instead of its answers.
 
-    A cold request waits seconds for the CPU encoder here (tens of ms on a GPU). While it
-    waits, the idle process still spends CPU on its timers (uvicorn's 10 Hz tick, gRPC's
-    event engine), measured in the same run with nothing in flight; the net figure takes
-    that time-proportional share out, the raw one keeps it."""
+    While a cold request waits for Triton, the idle process still spends CPU on its timers
+    (uvicorn's 10 Hz tick, gRPC's event engine), measured in the same run with nothing in
+    flight; the net figure takes that time-proportional share out, the raw one keeps it
+    (they differ little with the stand-in encoder, a lot with the CPU encoder's 1.5 s)."""
     gateway = GatewayProcess(
         {
             "ESAM_CHECKPOINT": checkpoint,
             "ESAM_ENCODER": "triton",
             "ESAM_TRITON_URL": server.grpc_url,
             "ESAM_ENCODE_TIMEOUT_S": "600",
+            "ESAM_TRITON_SHARED_MEMORY": "system" if shared_memory else "none",
         }
     )
     gateway.start()
-    data = [photo_jpeg(900_000 + i) for i in range(images)]
+    data = [photo_jpeg(900_000 + i + (images if shared_memory else 0)) for i in range(images)]
     warm_rounds = 10  # a warm request costs ~1 ms: more of them for the same precision
     try:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=900) as client:
 
-            async def embed_all(rounds: int) -> tuple[float, float]:
-                """(CPU seconds, wall seconds) per request."""
+            async def embed(image: bytes) -> tuple[float, float]:
+                """(CPU seconds, wall seconds) of one request."""
                 start, wall = cpu_seconds(gateway.pid), time.perf_counter()
-                for _ in range(rounds):
-                    for image in data:
-                        r = await client.post(
-                            "/embed", content=image, headers={"Content-Type": "image/jpeg"}
-                        )
-                        r.raise_for_status()
-                n = rounds * len(data)
-                return (cpu_seconds(gateway.pid) - start) / n, (time.perf_counter() - wall) / n
+                r = await client.post(
+                    "/embed", content=image, headers={"Content-Type": "image/jpeg"}
+                )
+                r.raise_for_status()
+                return cpu_seconds(gateway.pid) - start, time.perf_counter() - wall
 
             await client.post(
                 "/embed", content=photo_jpeg(1), headers={"Content-Type": "image/jpeg"}
@@ -152,18 +157,56 @@ async def gateway_cpu(server: LocalTriton, checkpoint: str, images: int) -> list
             start, wall = cpu_seconds(gateway.pid), time.perf_counter()
             await asyncio.sleep(20)
             idle = (cpu_seconds(gateway.pid) - start) / (time.perf_counter() - wall)
-            cold, cold_wall = await embed_all(1)
-            warm, warm_wall = await embed_all(warm_rounds)
+            # interleaved, so that both kinds see the same machine (a shared one drifts):
+            # each new image, then ten warm requests for images already sent
+            colds, warms = [], []
+            for i, image in enumerate(data):
+                colds.append(await embed(image))
+                for k in range(warm_rounds):
+                    warms.append(await embed(data[(i + k) % (i + 1)]))
+            cold, cold_wall = (sum(x) / len(colds) for x in zip(*colds, strict=True))
+            warm, warm_wall = (sum(x) / len(warms) for x in zip(*warms, strict=True))
     finally:
         gateway.stop()
     cold_net, warm_net = cold - idle * cold_wall, warm - idle * warm_wall
+    how = "shared memory" if shared_memory else "in the answer"
     return [
-        f"| idle gateway (nothing in flight) | {idle * 1e3:.2f} ms per second |",
-        f"| cold /embed (new image, encoded in Triton; {cold_wall:.1f} s each) "
+        f"| embedding {how}: idle gateway (nothing in flight) | {idle * 1e3:.2f} ms per second |",
+        f"| embedding {how}: cold /embed (new image, encoded in Triton; {cold_wall:.1f} s each) "
         f"| {cold * 1e3:.1f} raw, {cold_net * 1e3:.1f} net of idle |",
-        f"| warm /embed (cache hit) | {warm * 1e3:.2f} raw, {warm_net * 1e3:.2f} net |",
-        f"| ratio cold / warm | {cold / warm:.2f}× raw, **{cold_net / warm_net:.2f}× net** |",
+        f"| embedding {how}: warm /embed (cache hit) "
+        f"| {warm * 1e3:.2f} raw, {warm_net * 1e3:.2f} net |",
+        f"| embedding {how}: ratio cold / warm "
+        f"| {cold / warm:.2f}× raw, **{cold_net / warm_net:.2f}× net** |",
     ]
+
+
+async def stand_in_gateway_cpu(
+    workdir: Path, checkpoint: str, images: int, max_batch: int
+) -> list[str]:
+    """:func:`gateway_cpu` against a Triton whose encoder answers zeros at once (the real
+    preprocessing before it): a cold request then takes about as long as on a GPU, and the
+    idle gateway's timers no longer outweigh the request's own CPU."""
+    workdir.mkdir()
+    server = LocalTriton(
+        workdir,
+        checkpoint,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        max_batch=max_batch,
+        output="fp16",
+        stand_in_encoder=True,
+        log_path=workdir / "triton.log",
+    )
+    server.start()
+    try:
+        rows = []
+        for shared_memory in (False, True):
+            rows += await gateway_cpu(server, checkpoint, images, shared_memory)
+        return rows
+    finally:
+        server.stop()
 
 
 async def bench_gateway(
@@ -255,7 +298,7 @@ async def main() -> None:
     parser.add_argument(
         "--skip-throughput", action="store_true", help="only the bytes and CPU figures"
     )
-    parser.add_argument("--cpu-images", type=int, default=12, help="images for the CPU figure")
+    parser.add_argument("--cpu-images", type=int, default=40, help="images for the CPU figure")
     parser.add_argument("--protocols", action="store_true", help="also compare gRPC and HTTP")
     args = parser.parse_args()
 
@@ -300,8 +343,13 @@ async def main() -> None:
             for line in wire_bytes(sample):
                 print(line)
             if not args.skip_gateway:
-                print("\n| gateway CPU per request | ms |\n| --- | --- |")
-                for line in await gateway_cpu(server, args.checkpoint, args.cpu_images):
+                print(
+                    "\n| gateway CPU per request (Triton's encoder: the stand-in) | ms |"
+                    "\n| --- | --- |"
+                )
+                for line in await stand_in_gateway_cpu(
+                    Path(workdir) / "stand-in", args.checkpoint, args.cpu_images, args.max_batch
+                ):
                     print(line, flush=True)
             if args.protocols:
                 print(

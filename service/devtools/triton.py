@@ -60,6 +60,7 @@ def prepare(
     queue_delay_us: int = 5000,
     extra_wires: tuple[str, ...] = (),
     gpu: bool = False,
+    stand_in_encoder: bool = False,
 ) -> tuple[Path, Path]:
     """Write the CPU model repository and a backends folder with the Python stub.
 
@@ -69,6 +70,8 @@ def prepare(
     The pipeline (``efficientsam`` = ``efficientsam_preprocess`` → ``efficientsam_encoder``);
     ``extra_wires`` adds one more pipeline per dtype of the tensor between preprocessing
     and encoder (``efficientsam_<wire>``, output FP32), so that one server can compare them.
+    ``stand_in_encoder`` replaces the encoder's code with one that answers zeros at once
+    (``service/devtools/stand_in_encoder.py``, for benchmarks of what surrounds it).
     """
     repository = workdir / "model_repository"
     shutil.rmtree(repository, ignore_errors=True)
@@ -93,6 +96,10 @@ def prepare(
                 ignore=shutil.ignore_patterns("__pycache__", "config.pbtxt", "configs"),
             )
             (model_dir / "config.pbtxt").write_text(configs[f"{name}{suffix}"])
+            if stand_in_encoder and name == MODEL:
+                shutil.copy2(
+                    Path(__file__).with_name("stand_in_encoder.py"), model_dir / "1" / "model.py"
+                )
     return repository, prepare_backends(workdir)
 
 
@@ -152,6 +159,7 @@ class LocalTriton:
     address: str = "127.0.0.1"
     extra_wires: tuple[str, ...] = ()
     gpu: bool = False
+    stand_in_encoder: bool = False
     log_verbose: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _prepared: tuple[Path, Path] | None = field(default=None, init=False)
@@ -181,6 +189,7 @@ class LocalTriton:
                 queue_delay_us=self.queue_delay_us,
                 extra_wires=self.extra_wires,
                 gpu=self.gpu,
+                stand_in_encoder=self.stand_in_encoder,
             )
         repository, backends = self._prepared
         env = server_environment()

@@ -50,6 +50,7 @@ def _build_encoder(settings: Settings, loaded: LoadedModel, metrics: Metrics) ->
             model_name=settings.triton_model,
             timeout_s=settings.encode_timeout_s,
             resolve_s=settings.triton_resolve_s,
+            shared_memory=settings.triton_shared_memory == "system",
             metrics=metrics,
         )
     model = loaded.model

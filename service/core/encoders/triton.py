@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+from tritonclient.utils.shared_memory import SharedMemoryException
 
 from service.core.circuit import BreakerState, Call, CircuitBreaker
 from service.core.encoders.base import EncodedImage
+from service.core.encoders.triton_shm import OutputRegion, OutputRegions
 from service.core.metrics import Metrics
 from service.core.request_context import current_request_id
 from service.core.tracing import trace_headers
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_NAME = "embeddings"
 SIZE_NAME = "size"
+EMBEDDING_SHAPE = (256, 64, 64)
 _GRPC_CHANNEL_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -69,6 +72,13 @@ def _invalid_input(exc: BaseException) -> bool:
     return isinstance(exc, InferenceServerException) and str(exc.status()) in _INVALID_INPUT_STATUS
 
 
+def _answered(exc: BaseException) -> bool:
+    """Triton answered the call (with an error about it), so it is done with the call."""
+    return isinstance(exc, InferenceServerException) and (
+        _invalid_input(exc) or not _unreachable(exc)
+    )
+
+
 def _message(exc: BaseException) -> str:
     return str(exc.message()) if isinstance(exc, InferenceServerException) else str(exc)
 
@@ -98,11 +108,13 @@ class TritonEndpoint:
         model_name: str,
         metrics: Metrics,
         probe_timeout_s: float = 2.0,
+        shared_memory: bool = False,
         on_state_change: Callable[[], None] | None = None,
     ) -> None:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"unknown Triton protocol {protocol!r} (grpc or http)")
         self.address = address
+        self.shared_memory = shared_memory
         self.protocol = protocol
         self.model_name = model_name
         self.probe_timeout_s = probe_timeout_s
@@ -113,6 +125,8 @@ class TritonEndpoint:
         self.outstanding = 0  # calls in flight here (least-outstanding balancing)
         self._client: Any = None
         self._model_checked = False
+        self._output_dtype: np.dtype[Any] = np.dtype(np.float16)
+        self._regions: OutputRegions | None = None  # created once the output's dtype is known
 
     # --- lifecycle --------------------------------------------------------------------------
     def _new_client(self) -> Any:
@@ -126,6 +140,8 @@ class TritonEndpoint:
 
     async def close(self) -> None:
         if self._client is not None:
+            if self._regions is not None:
+                await self._regions.close(self._client)
             await self._client.close()
             self._client = None
 
@@ -154,50 +170,101 @@ class TritonEndpoint:
         if self._model_checked:
             return
         metadata = await self._client.get_model_metadata(self.model_name)
-        inputs = metadata["inputs"] if isinstance(metadata, dict) else metadata.inputs
-        first = inputs[0]
-        datatype = first["datatype"] if isinstance(first, dict) else first.datatype
-        name = first["name"] if isinstance(first, dict) else first.name
-        if (name, datatype) != (INPUT_NAME, "BYTES"):
-            raise EncoderUnavailableError(
-                f"the Triton model {self.model_name!r} takes {name} ({datatype}); the gateway "
-                f"sends images as bytes to the 'efficientsam' ensemble (ESAM_TRITON_MODEL)"
+        inputs, outputs = (
+            (metadata["inputs"], metadata["outputs"])
+            if isinstance(metadata, dict)
+            else (metadata.inputs, metadata.outputs)
+        )
+        tensors = {
+            (t["name"] if isinstance(t, dict) else t.name): (
+                t["datatype"] if isinstance(t, dict) else t.datatype
             )
+            for t in (*inputs[:1], *outputs)
+        }
+        if tensors.get(INPUT_NAME) != "BYTES" or OUTPUT_NAME not in tensors:
+            raise EncoderUnavailableError(
+                f"the Triton model {self.model_name!r} has {tensors}; the gateway sends images "
+                f"as bytes to the 'efficientsam' ensemble (ESAM_TRITON_MODEL)"
+            )
+        self._output_dtype = np.dtype(triton_to_np_dtype(tensors[OUTPUT_NAME]))
+        if self.shared_memory:
+            byte_size = int(np.prod(EMBEDDING_SHAPE)) * self._output_dtype.itemsize
+            if self._regions is None or self._regions.byte_size != byte_size:
+                if self._regions is not None:
+                    await self._regions.close(self._client)
+                self._regions = OutputRegions(byte_size)
+            self._regions.forget_registrations()  # a new connection: Triton may be new too
         self._model_checked = True
 
     # --- inference --------------------------------------------------------------------------
-    def _request(self, data: bytes) -> tuple[Any, list[Any]]:
+    async def _output_region(self) -> OutputRegion | None:
+        """A shared-memory region for this call's embedding, or None: in the answer."""
+        if self._regions is None:
+            return None
+        try:
+            return await self._regions.acquire(self._client)
+        except SharedMemoryException as exc:  # e.g. /dev/shm is full: this call goes without
+            log.warning("no shared-memory region for this call (%s): %s", exc, exc.__cause__)
+            return None
+        except InferenceServerException as exc:
+            if _unreachable(exc):
+                raise
+            # Triton answered that it cannot map our memory: it is not on this host, or
+            # does not share its /dev/shm. Embeddings come in the answers from now on.
+            log.error(
+                "triton at %s cannot use this process's shared memory (%s): embeddings come "
+                "in its answers instead; run Triton on the same host with a shared /dev/shm, "
+                "or unset ESAM_TRITON_SHARED_MEMORY",
+                self.address,
+                _message(exc),
+            )
+            self.shared_memory = False
+            regions, self._regions = self._regions, None
+            await regions.close(self._client)
+            return None
+
+    def _request(self, data: bytes, region: OutputRegion | None = None) -> tuple[Any, list[Any]]:
         module: Any = grpcclient if self.protocol == "grpc" else httpclient
         infer_input = module.InferInput(INPUT_NAME, [1, 1], "BYTES")
         image = np.array([[data]], dtype=np.object_)
-        if self.protocol == "http":
-            infer_input.set_data_from_numpy(image, binary_data=True)
-            outputs = [
-                module.InferRequestedOutput(n, binary_data=True) for n in (OUTPUT_NAME, SIZE_NAME)
-            ]
-        else:
-            infer_input.set_data_from_numpy(image)
-            outputs = [module.InferRequestedOutput(n) for n in (OUTPUT_NAME, SIZE_NAME)]
+        options = {"binary_data": True} if self.protocol == "http" else {}
+        infer_input.set_data_from_numpy(image, **options)
+        outputs = [module.InferRequestedOutput(n, **options) for n in (OUTPUT_NAME, SIZE_NAME)]
+        if region is not None:
+            outputs[0].set_shared_memory(region.name, region.byte_size)
         return infer_input, outputs
 
     async def _infer_once(self, data: bytes) -> EncodedImage:
         await self._check_model()
-        infer_input, outputs = self._request(data)
-        result = await self._client.infer(
-            self.model_name,
-            [infer_input],
-            outputs=outputs,
-            # the gateway request that started this encode, in Triton's log and traces
-            request_id=current_request_id(default=""),
-            headers=trace_headers() or None,
-        )
-        embedding = result.as_numpy(OUTPUT_NAME)
+        region = await self._output_region()
+        infer_input, outputs = self._request(data, region)
+        try:
+            result = await self._client.infer(
+                self.model_name,
+                [infer_input],
+                outputs=outputs,
+                # the gateway request that started this encode, in Triton's log and traces
+                request_id=current_request_id(default=""),
+                headers=trace_headers() or None,
+            )
+        except BaseException as exc:
+            if region is not None and self._regions is not None:
+                if _answered(exc):
+                    self._regions.release(region)
+                else:  # no answer: Triton may still write into it
+                    self._regions.retire(region)
+            raise
+        if region is not None and self._regions is not None:
+            embedding = region.read(self._output_dtype, EMBEDDING_SHAPE)
+            self._regions.release(region)
+        else:
+            embedding = result.as_numpy(OUTPUT_NAME)
         size = result.as_numpy(SIZE_NAME)
         if embedding is None or size is None:
             raise EncoderUnavailableError("Triton returned no embedding")
         width, height = (int(v) for v in size.reshape(-1)[:2])
         # kept in the dtype it came in (FP16 in production: what the cache stores by default)
-        return EncodedImage(embedding.reshape(256, 64, 64), width, height)
+        return EncodedImage(embedding.reshape(EMBEDDING_SHAPE), width, height)
 
     async def infer(self, data: bytes, timeout_s: float, call: Call) -> EncodedImage:
         """One call within ``timeout_s``; ``call`` (from ``self.breaker``) gets its verdict."""
@@ -225,6 +292,7 @@ class TritonEndpoint:
                     "the encoder failed on this request", retry_after_s=1
                 ) from exc
             self._model_checked = False  # the server may come back with another config
+            # (and without our shared-memory regions: they are registered again)
             call.failure()
             raise UnreachableError(f"{self.address}: {type(exc).__name__}: {exc}") from exc
         else:

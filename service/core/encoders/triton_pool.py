@@ -94,8 +94,10 @@ class TritonEncoder:
         metrics: Metrics,
         resolve_s: float = 10.0,
         probe_timeout_s: float = 2.0,
+        shared_memory: bool = False,
     ) -> None:
         self.targets = parse_targets(urls)
+        self.shared_memory = shared_memory
         self.protocol = self.targets[0].protocol
         self.model_name = model_name
         self.timeout_s = timeout_s
@@ -157,6 +159,7 @@ class TritonEncoder:
                 model_name=self.model_name,
                 metrics=self._metrics,
                 probe_timeout_s=self.probe_timeout_s,
+                shared_memory=self.shared_memory,
                 on_state_change=self._report,
             )
             await endpoint.start()
