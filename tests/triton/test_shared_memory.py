@@ -9,6 +9,7 @@ import dataclasses
 import io
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,10 @@ async def test_embeddings_through_shared_memory_match_the_fixture(
         registered = triton_regions(triton)
         assert len(registered) == 1, registered
         assert our_shm_files() == registered
-        assert (Path("/dev/shm") / registered[0]).stat().st_size == 256 * 64 * 64 * 4
+        region = (Path("/dev/shm") / registered[0]).stat()
+        assert region.st_size == 256 * 64 * 64 * 4
+        # Triton (another user, given the gateway's group) may open it for writing
+        assert stat.S_IMODE(region.st_mode) == 0o660
     # closed with the gateway: unregistered from Triton, and gone from /dev/shm
     assert triton_regions(triton) == []
     assert our_shm_files() == []

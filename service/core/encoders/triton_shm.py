@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,9 @@ import tritonclient.utils.shared_memory as shm
 from numpy.typing import NDArray
 
 log = logging.getLogger(__name__)
+
+#: Where Linux keeps POSIX shared-memory objects.
+SHM_DIR = Path("/dev/shm")  # noqa: S108 - the shared-memory namespace, not a temp file
 
 
 @dataclass
@@ -101,6 +105,9 @@ class OutputRegions:
         self._count += 1
         name = f"{self._prefix}_{self._count}"
         handle = shm.create_shared_memory_region(name, f"/{name}", self.byte_size, create_only=True)
+        # created 0600: Triton runs as another user in its own container, so the group may
+        # read and write it too (give Triton the gateway's group; see docs/triton.md)
+        os.chmod(SHM_DIR / name, 0o660)
         return OutputRegion(name, f"/{name}", self.byte_size, handle)
 
     async def _register(self, client: Any, region: OutputRegion) -> None:
