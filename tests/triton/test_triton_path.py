@@ -255,6 +255,32 @@ async def test_the_gateway_only_reads_the_header_on_the_triton_path(
         assert (response.json()["width"], response.json()["height"]) == (1072, 603)
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_an_encode_may_take_longer_than_a_readiness_probe(
+    triton: LocalTriton, image_bytes: bytes, protocol: str
+) -> None:
+    """Only the encode deadline bounds an encode (a 1080p image takes ~1.5 s on this CPU;
+    the HTTP client's own timeout once cut it at the 2 s meant for probes)."""
+    port = triton.grpc_port if protocol == "grpc" else triton.http_port
+    endpoint = TritonEndpoint(
+        f"127.0.0.1:{port}",
+        protocol=protocol,
+        model_name="efficientsam",
+        metrics=Metrics(),
+        probe_timeout_s=0.05,
+    )
+    await endpoint.start()
+    try:
+        call = endpoint.breaker.acquire()
+        assert call is not None
+        start = time.monotonic()
+        encoded = await endpoint.infer(image_bytes, 60, call)
+        assert time.monotonic() - start > 0.05  # the encode outlasted a probe's timeout
+    finally:
+        await endpoint.close()
+    assert (encoded.width, encoded.height) == (1072, 603)
+
+
 def test_an_image_travels_as_its_bytes(image_bytes: bytes) -> None:
     """What the gateway puts on the wire: the file plus framing, not a 6-12 MiB tensor."""
     endpoint = TritonEndpoint(

@@ -133,7 +133,10 @@ class TritonEndpoint:
         if self.protocol == "grpc":
             # reconnect within a second once Triton is back (gRPC's default backoff reaches 120 s)
             return grpcclient.InferenceServerClient(self.address, channel_args=_GRPC_CHANNEL_ARGS)
-        return httpclient.InferenceServerClient(self.address, conn_timeout=self.probe_timeout_s)
+        # tritonclient's conn_timeout is aiohttp's *total* timeout of every call, an encode
+        # included (2 s here cut encodes that queued a little short, as 503 "timeouts");
+        # the deadlines are ours: ESAM_ENCODE_TIMEOUT_S per encode, probe_timeout_s per probe
+        return httpclient.InferenceServerClient(self.address, conn_timeout=None)
 
     async def start(self) -> None:
         self._client = self._new_client()  # one client, its connections reused
