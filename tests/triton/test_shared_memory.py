@@ -208,11 +208,22 @@ async def test_a_triton_that_cannot_map_our_memory_gets_embeddings_in_its_answer
         encoder="triton", triton_url=triton.grpc_url, triton_shared_memory="system"
     ) as gw:
         with caplog.at_level(logging.ERROR):
-            for seed in (11, 12):
-                response = await gw.client.post(
-                    "/embed", content=png_bytes(seed=seed), headers={"Content-Type": "image/png"}
+            # concurrent first calls: each is refused a region, one of them says so
+            responses = await asyncio.gather(
+                *(
+                    gw.client.post(
+                        "/embed",
+                        content=png_bytes(seed=seed),
+                        headers={"Content-Type": "image/png"},
+                    )
+                    for seed in (11, 12, 13)
                 )
-                assert response.status_code == 200, response.text
+            )
+            assert [r.status_code for r in responses] == [200] * 3, [r.text for r in responses]
+            response = await gw.client.post(
+                "/embed", content=png_bytes(seed=14), headers={"Content-Type": "image/png"}
+            )
+            assert response.status_code == 200, response.text
         assert gw.metric("esam_encoder_circuit_state") == 0
     errors = [r for r in caplog.records if "cannot use this process's shared memory" in r.message]
     assert len(errors) == 1  # said once, then the answers carry the embeddings

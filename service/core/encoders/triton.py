@@ -202,28 +202,30 @@ class TritonEndpoint:
     # --- inference --------------------------------------------------------------------------
     async def _output_region(self) -> OutputRegion | None:
         """A shared-memory region for this call's embedding, or None: in the answer."""
-        if self._regions is None:
+        regions = self._regions
+        if regions is None:
             return None
         try:
-            return await self._regions.acquire(self._client)
+            return await regions.acquire(self._client)
         except SharedMemoryException as exc:  # e.g. /dev/shm is full: this call goes without
             log.warning("no shared-memory region for this call (%s): %s", exc, exc.__cause__)
             return None
         except InferenceServerException as exc:
             if _unreachable(exc):
                 raise
-            # Triton answered that it cannot map our memory: it is not on this host, or
-            # does not share its /dev/shm. Embeddings come in the answers from now on.
-            log.error(
-                "triton at %s cannot use this process's shared memory (%s): embeddings come "
-                "in its answers instead; run Triton on the same host with a shared /dev/shm, "
-                "or unset ESAM_TRITON_SHARED_MEMORY",
-                self.address,
-                _message(exc),
-            )
-            self.shared_memory = False
-            regions, self._regions = self._regions, None
-            await regions.close(self._client)
+            if self._regions is regions:  # the first call to hear it (others may, too)
+                # Triton answered that it cannot map our memory: it is not on this host, or
+                # does not share its /dev/shm. Embeddings come in the answers from now on.
+                log.error(
+                    "triton at %s cannot use this process's shared memory (%s): embeddings "
+                    "come in its answers instead; run Triton on the same host with a shared "
+                    "/dev/shm, or unset ESAM_TRITON_SHARED_MEMORY",
+                    self.address,
+                    _message(exc),
+                )
+                self.shared_memory = False
+                self._regions = None
+            await regions.close(self._client)  # this call's region too, whoever came first
             return None
 
     def _request(self, data: bytes, region: OutputRegion | None = None) -> tuple[Any, list[Any]]:
