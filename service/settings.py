@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         default="none",
         description="`system`: Triton writes each embedding into a POSIX shared-memory region "
         "of the gateway instead of its answer (Triton on the same host, sharing /dev/shm: a "
-        "sidecar). Saves about 1.7 ms of gateway CPU per new image; up to "
+        "sidecar). Saved 2-3 ms of gateway CPU per new 1080p image (bench/triton.py); up to "
         "ESAM_MAX_PENDING_ENCODES regions of 2 MiB (FP16) per Triton.",
     )
     triton_resolve_s: float = Field(default=10.0, ge=0.5, le=3600)

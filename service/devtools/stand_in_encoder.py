@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
-EMBEDDING_SHAPE = (256, 64, 64)
+from service.core.embedding import EMBEDDING_SHAPE
 
 
 class TritonPythonModel:
@@ -29,7 +29,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             images = pb_utils.get_input_tensor_by_name(request, "pixels").shape()[0]
-            zeros = np.zeros((images, *EMBEDDING_SHAPE), dtype=self.output_dtype)
+            zeros = np.zeros((images, *EMBEDDING_SHAPE[1:]), dtype=self.output_dtype)
             responses.append(
                 pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("embeddings", zeros)])
             )

@@ -24,7 +24,7 @@ from service.core.metrics import Metrics
 from service.devtools.triton import LocalTriton
 from service.devtools.triton_config import ENSEMBLE
 from tests.conftest import Fixture
-from tests.gateway.fixtures import GatewayFactory
+from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.gateway.test_errors import png_bytes
 from tests.model.conformance import array_failures
 from tests.triton.fixtures import start_triton
@@ -40,7 +40,19 @@ def triton_regions(server: LocalTriton) -> list[str]:
 
 
 def our_shm_files() -> list[str]:
-    return sorted(p.name for p in Path("/dev/shm").glob(f"esam_{os.getpid()}_*"))
+    return sorted(p.name for p in triton_shm.SHM_DIR.glob(f"esam_{os.getpid()}_*"))
+
+
+async def embed_at_once(
+    gw: Gateway, images: list[bytes], headers: dict[str, str] | None = None
+) -> list[httpx.Response]:
+    """``/embed`` of every PNG at the same time."""
+    headers = {**(headers or {}), "Content-Type": "image/png"}
+    return list(
+        await asyncio.gather(
+            *(gw.client.post("/embed", content=image, headers=headers) for image in images)
+        )
+    )
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -66,7 +78,7 @@ async def test_embeddings_through_shared_memory_match_the_fixture(
         registered = triton_regions(triton)
         assert len(registered) == 1, registered
         assert our_shm_files() == registered
-        region = (Path("/dev/shm") / registered[0]).stat()
+        region = (triton_shm.SHM_DIR / registered[0]).stat()
         assert region.st_size == 256 * 64 * 64 * 4
         # Triton (another user, given the gateway's group) may open it for writing
         assert stat.S_IMODE(region.st_mode) == 0o660
@@ -82,14 +94,7 @@ async def test_concurrent_encodes_each_get_their_own_region(
     async with gateway_factory(
         encoder="triton", triton_url=triton.grpc_url, triton_shared_memory="system"
     ) as gw:
-        shared = await asyncio.gather(
-            *(
-                gw.client.post(
-                    "/embed", content=image, headers={**NPY, "Content-Type": "image/png"}
-                )
-                for image in images
-            )
-        )
+        shared = await embed_at_once(gw, images, NPY)
         regions = triton_regions(triton)
     async with gateway_factory(encoder="triton", triton_url=triton.grpc_url) as gw:
         in_band = [
@@ -122,16 +127,7 @@ async def test_regions_are_registered_again_after_triton_restarts(
             embedding_dtype="float32",
             encode_timeout_s=30,
         ) as gw:
-            before = await asyncio.gather(
-                *(
-                    gw.client.post(
-                        "/embed",
-                        content=png_bytes(seed=seed),
-                        headers={"Content-Type": "image/png"},
-                    )
-                    for seed in (5, 6, 7)
-                )
-            )
+            before = await embed_at_once(gw, [png_bytes(seed=seed) for seed in (5, 6, 7)])
             assert [r.status_code for r in before] == [200] * 3
             regions = len(triton_regions(server))
             assert regions >= 2  # a pool of free regions, each unknown to the next server
@@ -209,16 +205,7 @@ async def test_a_triton_that_cannot_map_our_memory_gets_embeddings_in_its_answer
     ) as gw:
         with caplog.at_level(logging.ERROR):
             # concurrent first calls: each is refused a region, one of them says so
-            responses = await asyncio.gather(
-                *(
-                    gw.client.post(
-                        "/embed",
-                        content=png_bytes(seed=seed),
-                        headers={"Content-Type": "image/png"},
-                    )
-                    for seed in (11, 12, 13)
-                )
-            )
+            responses = await embed_at_once(gw, [png_bytes(seed=seed) for seed in (11, 12, 13)])
             assert [r.status_code for r in responses] == [200] * 3, [r.text for r in responses]
             response = await gw.client.post(
                 "/embed", content=png_bytes(seed=14), headers={"Content-Type": "image/png"}

@@ -28,6 +28,7 @@ from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 from tritonclient.utils.shared_memory import SharedMemoryException
 
 from service.core.circuit import BreakerState, Call, CircuitBreaker
+from service.core.embedding import EMBEDDING_SHAPE
 from service.core.encoders.base import EncodedImage
 from service.core.encoders.triton_shm import OutputRegion, OutputRegions
 from service.core.metrics import Metrics
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_NAME = "embeddings"
 SIZE_NAME = "size"
-EMBEDDING_SHAPE = (256, 64, 64)
+IMAGE_EMBEDDING_SHAPE = EMBEDDING_SHAPE[1:]  # one image's: Triton's batch dimension dropped
 _GRPC_CHANNEL_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -191,7 +192,7 @@ class TritonEndpoint:
             )
         self._output_dtype = np.dtype(triton_to_np_dtype(tensors[OUTPUT_NAME]))
         if self.shared_memory:
-            byte_size = int(np.prod(EMBEDDING_SHAPE)) * self._output_dtype.itemsize
+            byte_size = int(np.prod(IMAGE_EMBEDDING_SHAPE)) * self._output_dtype.itemsize
             if self._regions is None or self._regions.byte_size != byte_size:
                 if self._regions is not None:
                     await self._regions.close(self._client)
@@ -200,11 +201,8 @@ class TritonEndpoint:
         self._model_checked = True
 
     # --- inference --------------------------------------------------------------------------
-    async def _output_region(self) -> OutputRegion | None:
-        """A shared-memory region for this call's embedding, or None: in the answer."""
-        regions = self._regions
-        if regions is None:
-            return None
+    async def _output_region(self, regions: OutputRegions) -> OutputRegion | None:
+        """A region of ``regions`` for this call's embedding, or None: in the answer."""
         try:
             return await regions.acquire(self._client)
         except SharedMemoryException as exc:  # e.g. /dev/shm is full: this call goes without
@@ -241,7 +239,8 @@ class TritonEndpoint:
 
     async def _infer_once(self, data: bytes) -> EncodedImage:
         await self._check_model()
-        region = await self._output_region()
+        regions = self._regions  # the pool this call's region comes from and goes back to
+        region = await self._output_region(regions) if regions is not None else None
         infer_input, outputs = self._request(data, region)
         try:
             result = await self._client.infer(
@@ -253,15 +252,15 @@ class TritonEndpoint:
                 headers=trace_headers() or None,
             )
         except BaseException as exc:
-            if region is not None and self._regions is not None:
+            if regions is not None and region is not None:
                 if _answered(exc):
-                    self._regions.release(region)
+                    regions.release(region)
                 else:  # no answer: Triton may still write into it
-                    self._regions.retire(region)
+                    regions.retire(region)
             raise
-        if region is not None and self._regions is not None:
-            embedding = region.read(self._output_dtype, EMBEDDING_SHAPE)
-            self._regions.release(region)
+        if regions is not None and region is not None:
+            embedding = region.read(self._output_dtype, IMAGE_EMBEDDING_SHAPE)
+            regions.release(region)
         else:
             embedding = result.as_numpy(OUTPUT_NAME)
         size = result.as_numpy(SIZE_NAME)
@@ -269,7 +268,7 @@ class TritonEndpoint:
             raise EncoderUnavailableError("Triton returned no embedding")
         width, height = (int(v) for v in size.reshape(-1)[:2])
         # kept in the dtype it came in (FP16 in production: what the cache stores by default)
-        return EncodedImage(embedding.reshape(EMBEDDING_SHAPE), width, height)
+        return EncodedImage(embedding.reshape(IMAGE_EMBEDDING_SHAPE), width, height)
 
     async def infer(self, data: bytes, timeout_s: float, call: Call) -> EncodedImage:
         """One call within ``timeout_s``; ``call`` (from ``self.breaker``) gets its verdict."""

@@ -3,8 +3,8 @@
 With Triton on the same host (a sidecar container sharing ``/dev/shm``), the 2-4 MiB
 embedding need not travel in the gRPC or HTTP answer: the gateway lends Triton a POSIX
 shared-memory region per call in flight (registered once, reused), and Triton's answer
-carries only the image size. That saves about 1.7 ms of gateway CPU per new image
-(``docs/benchmarks.md``). ``ESAM_TRITON_SHARED_MEMORY=system`` turns it on.
+carries only the image size. That saved 2-3 ms of gateway CPU per new 1080p image in
+``bench/triton.py`` (``docs/benchmarks.md``). ``ESAM_TRITON_SHARED_MEMORY=system`` turns it on.
 
 A region goes back to the pool once Triton has answered. A call that ended without an
 answer (deadline, cancellation, a broken connection) may still have Triton writing into
@@ -55,10 +55,6 @@ class OutputRegions:
         self._free: list[OutputRegion] = []
         self._registered: set[str] = set()
         self._retired: list[OutputRegion] = []
-        self._in_use: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self._free) + len(self._in_use) + len(self._retired)
 
     async def acquire(self, client: Any) -> OutputRegion:
         """A registered region for one call (created when none is free)."""
@@ -71,17 +67,14 @@ class OutputRegions:
         except BaseException:
             self._free.append(region)
             raise
-        self._in_use.add(region.name)
         return region
 
     def release(self, region: OutputRegion) -> None:
         """Triton has answered the call: the region is free again."""
-        self._in_use.discard(region.name)
         self._free.append(region)
 
     def retire(self, region: OutputRegion) -> None:
         """The call ended without an answer: Triton may still write into the region."""
-        self._in_use.discard(region.name)
         self._retired.append(region)
 
     def forget_registrations(self) -> None:
