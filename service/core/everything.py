@@ -120,7 +120,9 @@ def crop_boxes(width: int, height: int, n_layers: int) -> list[Box]:
     """The whole image, then each layer's 2^i × 2^i overlapping crops, row by row.
 
     On an image a few pixels wide, SAM's layout places some crops past its edge: those
-    (no pixel) are left out, so there are at most ``crop_count(n_layers)`` boxes.
+    (no pixel) are left out, and so is a crop equal to one listed before it (a layer of
+    1-pixel crops repeats the whole image; decoding it again would only find the same
+    masks), so there are at most ``crop_count(n_layers)`` boxes.
     """
     boxes: list[Box] = [(0, 0, width, height)]
     for layer in range(1, n_layers + 1):
@@ -133,8 +135,9 @@ def crop_boxes(width: int, height: int, n_layers: int) -> list[Box]:
             for i in range(per_side):
                 x0 = (crop_w - overlap) * i
                 x1, y1 = min(x0 + crop_w, width), min(y0 + crop_h, height)
-                if x1 > x0 and y1 > y0:
-                    boxes.append((x0, y0, x1, y1))
+                box = (x0, y0, x1, y1)
+                if x1 > x0 and y1 > y0 and box not in boxes:
+                    boxes.append(box)
     return boxes
 
 

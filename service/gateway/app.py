@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from service import __version__
-from service.core.loading import resolve_checkpoint
+from service.core.loading import LoadedModel, resolve_checkpoint
 from service.core.metrics import Metrics
 from service.gateway.auth import ApiKeyMiddleware
 from service.gateway.docs.api_router import router as docs_router
@@ -26,7 +26,7 @@ from service.gateway.labelstudio.api_router import router as labelstudio_router
 from service.gateway.labelstudio.serving import LabelStudioBackend
 from service.gateway.middleware import RequestContextMiddleware, UnhandledErrorMiddleware
 from service.gateway.segment.api_router import router as segment_router
-from service.gateway.state import init_state
+from service.gateway.state import EncoderBuilder, build_encoder, init_state, load_model_for
 from service.gateway.ui.api_router import router as ui_router
 from service.settings import Settings
 
@@ -42,14 +42,30 @@ carries `X-Request-Id`.
 """
 
 
-def build_app(settings: Settings | None = None) -> FastAPI:
+def build_app(
+    settings: Settings | None = None,
+    *,
+    model: LoadedModel | None = None,
+    encoder_builder: EncoderBuilder = build_encoder,
+) -> FastAPI:
+    """The gateway for ``settings`` (read from the environment when omitted).
+
+    For a program that embeds the gateway (and for the tests): ``model`` is a model
+    already loaded for these settings (its checkpoint is then neither resolved nor
+    read again), ``encoder_builder`` builds the encoder in place of the one the
+    settings name (any :class:`~service.core.encoders.Encoder`).
+    """
     settings = settings or Settings()
     metrics = Metrics()
 
+    async def load() -> LoadedModel:
+        checkpoint = await asyncio.to_thread(resolve_checkpoint, settings)
+        return await asyncio.to_thread(load_model_for, settings, checkpoint)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        checkpoint = await asyncio.to_thread(resolve_checkpoint, settings)
-        state = await init_state(settings, checkpoint, metrics)
+        loaded = model if model is not None else await load()
+        state = await init_state(settings, loaded, metrics, encoder_builder=encoder_builder)
         app.state.serving = state
         app.state.labelstudio = LabelStudioBackend(settings, state)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, cast
 
@@ -41,7 +42,13 @@ class ServingState:
         await self.embeddings.cache.close()
 
 
-def _build_encoder(settings: Settings, loaded: LoadedModel, metrics: Metrics) -> Encoder:
+#: builds the encoder for these settings (``build_encoder`` by default; another
+#: :class:`~service.core.encoders.Encoder` can be put in its place by ``build_app``)
+EncoderBuilder = Callable[[Settings, LoadedModel, Metrics], Encoder]
+
+
+def build_encoder(settings: Settings, loaded: LoadedModel, metrics: Metrics) -> Encoder:
+    """The encoder the settings name: Triton's pool, or the in-process model."""
     if settings.encoder == "triton":
         from service.core.encoders.triton_pool import TritonEncoder
 
@@ -70,8 +77,17 @@ def _build_encoder(settings: Settings, loaded: LoadedModel, metrics: Metrics) ->
     )
 
 
-async def init_state(settings: Settings, checkpoint: str, metrics: Metrics) -> ServingState:
-    loaded = load_serving_model(checkpoint, settings.variant, settings.decoder_device)
+def load_model_for(settings: Settings, checkpoint: str) -> LoadedModel:
+    return load_serving_model(checkpoint, settings.variant, settings.decoder_device)
+
+
+async def init_state(
+    settings: Settings,
+    loaded: LoadedModel,
+    metrics: Metrics,
+    *,
+    encoder_builder: EncoderBuilder = build_encoder,
+) -> ServingState:
     redis = None
     if settings.cache == "redis":
         redis = RedisTier(
@@ -88,7 +104,7 @@ async def init_state(settings: Settings, checkpoint: str, metrics: Metrics) -> S
         MemoryCache(settings.memory_cache_mb << 20, settings.cache_ttl_s), redis, metrics
     )
     cache.start()
-    encoder = _build_encoder(settings, loaded, metrics)
+    encoder = encoder_builder(settings, loaded, metrics)
     await encoder.start()
     embeddings = EmbeddingService(
         encoder=encoder,

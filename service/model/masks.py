@@ -43,6 +43,37 @@ def encode_rle(mask: BoolMask) -> CocoRle:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def run_lengths(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """COCO's uncompressed run lengths of ``[K, H, W]`` boolean masks, on their device.
+
+    Column-major, starting with the run of 0s (0 when a mask starts with a 1), as
+    ``pycocotools`` counts them. Returns ``(lengths [K], counts [sum(lengths)])`` (int64):
+    mask ``k``'s runs are the next ``lengths[k]`` counts. Only these need leave the
+    device, not the masks (a 1080p mask has hundreds of runs, not two million pixels).
+    """
+    k, height, width = masks.shape
+    n = height * width
+    # a 0 before each mask makes every mask begin with a run of 0s (one pixel too long)
+    padded = torch.zeros((k, n + 1), dtype=torch.bool, device=masks.device)
+    padded[:, 1:] = masks.transpose(1, 2).reshape(k, n)
+    starts = torch.ones_like(padded)
+    starts[:, 1:] = padded[:, 1:] != padded[:, :-1]
+    mask_of, start = torch.nonzero(starts, as_tuple=True)  # mask after mask, in order
+    end = torch.roll(start, -1)
+    last = torch.ones_like(mask_of, dtype=torch.bool)
+    last[:-1] = mask_of[1:] != mask_of[:-1]
+    end[last] = n + 1
+    counts = end - start
+    counts[start == 0] -= 1  # the padding pixel
+    return torch.bincount(mask_of, minlength=k), counts
+
+
+def compress_rle(counts: list[int], height: int, width: int) -> CocoRle:
+    """Uncompressed run lengths (as :func:`run_lengths` gives) → COCO's compressed RLE."""
+    rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def rle_area_bbox(rle: CocoRle) -> tuple[int, list[float]]:
     """Area in pixels and ``[x, y, w, h]`` bounding box (zeros for an empty mask)."""
     raw = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}

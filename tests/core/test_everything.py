@@ -187,8 +187,9 @@ def test_crop_boxes_overlap_as_sam_lays_them_out() -> None:
 
 def test_crops_past_a_tiny_image_are_left_out() -> None:
     # 1×1: overlap int(0.34 · 1) = 0, crops ceil(1 / 2) = 1 px every 1 px: only the first
-    # of each layer has a pixel (the others would start at x or y = 1, past the edge)
-    assert crop_boxes(1, 1, 2) == [(0, 0, 1, 1), (0, 0, 1, 1), (0, 0, 1, 1)]
+    # of each layer has a pixel (the others would start at x or y = 1, past the edge), and
+    # that one is the whole image again: listed once
+    assert crop_boxes(1, 1, 2) == [(0, 0, 1, 1)]
     # 3×2, layer 1: overlap int(0.34 · 2) = 0, crops 2 × 1 every 2 across, 1 down
     assert crop_boxes(3, 2, 1) == [
         (0, 0, 3, 2),

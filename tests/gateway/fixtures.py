@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -13,8 +14,12 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from service.core.encoders import EncodedImage, Encoder
+from service.core.loading import LoadedModel
+from service.core.metrics import Metrics
 from service.gateway import build_app
-from service.gateway.state import ServingState
+from service.gateway.state import ServingState, build_encoder, load_model_for
+from service.model.preprocess import ImageHeader
 from service.settings import Settings
 from tests.conftest import Fixture
 from tests.services import RedisServer, redis_answers
@@ -75,16 +80,78 @@ class Gateway:
 
 GatewayFactory = Callable[..., AbstractAsyncContextManager[Gateway]]
 
+#: (model id, precision, SHA-256 of the file) -> what the real encoder made of it
+EncodeMemo = dict[tuple[str, str, bytes], EncodedImage]
+
+
+class RememberingEncoder:
+    """The real encoder, run once per distinct image file in the test session.
+
+    Tests of HTTP behaviour upload the same few images again and again, each time to a
+    gateway with an empty cache; every first encode of a file still runs the real
+    encoder (its decoding, its errors, its deadline), a repeat is handed the embedding
+    it made then. The gateway above it cannot tell: it still counts, caches and
+    single-flights each encode (``esam_encoder_images_total`` is counted there). Tests
+    of the encoder itself ask ``gateway_factory(real_encoder=True)``.
+    """
+
+    def __init__(self, inner: Encoder, memo: EncodeMemo, key: tuple[str, str]) -> None:
+        self._inner = inner
+        self._memo = memo
+        self._key = key
+        self.name = inner.name
+
+    async def start(self) -> None:
+        await self._inner.start()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def ready(self) -> bool:
+        return await self._inner.ready()
+
+    async def encode(self, data: bytes, header: ImageHeader) -> EncodedImage:
+        key = (*self._key, hashlib.sha256(data).digest())
+        known = self._memo.get(key)
+        if known is None:
+            known = await self._inner.encode(data, header)
+            self._memo[key] = known
+        return EncodedImage(known.embedding, header.width, header.height)
+
+
+@pytest.fixture(scope="session")
+def encode_memo() -> EncodeMemo:
+    return {}
+
+
+@pytest.fixture(scope="session")
+def serving_models() -> dict[tuple[str, str | None, str], LoadedModel]:
+    """Models loaded once per (checkpoint, variant, device) for every in-process gateway
+    (read-only at serving time: encoder and decoder run them under inference mode)."""
+    return {}
+
 
 @pytest.fixture
-def gateway_factory(fixture: Fixture) -> GatewayFactory:
+def gateway_factory(
+    request: pytest.FixtureRequest,
+    fixture: Fixture,
+    encode_memo: EncodeMemo,
+    serving_models: dict[tuple[str, str | None, str], LoadedModel],
+) -> GatewayFactory:
     prefix = f"test-{uuid.uuid4().hex[:12]}"
 
     @asynccontextmanager
     async def make(
-        configure: Callable[[FastAPI], None] | None = None, **overrides: Any
+        configure: Callable[[FastAPI], None] | None = None,
+        *,
+        real_encoder: bool | None = None,
+        **overrides: Any,
     ) -> AsyncIterator[Gateway]:
-        """``configure`` may add routes to the app before it starts (tests of the app shell)."""
+        """``configure`` may add routes to the app before it starts (tests of the app shell);
+        ``real_encoder``: every encode runs the encoder (tests of single flight and of the
+        encoder's timing; the default for a test marked ``real_encoder``)."""
+        if real_encoder is None:
+            real_encoder = request.node.get_closest_marker("real_encoder") is not None
         values: dict[str, Any] = {
             "checkpoint": str(fixture.checkpoint),
             "redis_key_prefix": prefix,
@@ -92,7 +159,23 @@ def gateway_factory(fixture: Fixture) -> GatewayFactory:
         }
         values.update(overrides)
         settings = Settings(**values)
-        app = build_app(settings)
+        model = None
+        if settings.checkpoint not in (None, "random"):
+            key = (settings.checkpoint, settings.variant, settings.decoder_device)
+            if key not in serving_models:
+                serving_models[key] = load_model_for(settings, settings.checkpoint)
+            model = serving_models[key]
+
+        def remembering(settings: Settings, loaded: LoadedModel, metrics: Metrics) -> Encoder:
+            encoder = build_encoder(settings, loaded, metrics)
+            # random weights differ from one gateway to the next under one model id
+            if real_encoder or settings.encoder != "local" or model is None:
+                return encoder
+            return RememberingEncoder(
+                encoder, encode_memo, (loaded.model_id, settings.encoder_precision)
+            )
+
+        app = build_app(settings, model=model, encoder_builder=remembering)
         if configure is not None:
             configure(app)
         async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:

@@ -235,6 +235,7 @@ async def test_api_keys(gateway_factory: GatewayFactory) -> None:
         assert ok.status_code == 200
 
 
+@pytest.mark.real_encoder  # the encodes must overlap
 async def test_pending_encode_budget_answers_429(gateway_factory: GatewayFactory) -> None:
     async with gateway_factory(max_pending_encodes=2, encoder_max_batch=1) as gw:
         images = [png_bytes(seed=s) for s in range(6)]

@@ -139,13 +139,21 @@ async def test_out_of_range_parameters_are_named(gateway: Gateway, field: str, v
 
 async def test_crops_of_a_one_pixel_image(gateway: Gateway) -> None:
     """SAM's crop layout places crops past the edge of a tiny image: they are left out
-    (found by Schemathesis: an empty crop failed to encode, 500)."""
+    (found by Schemathesis: an empty crop failed to encode, 500); the one crop of each
+    layer that has a pixel is the whole image again, so it is neither encoded nor
+    decoded a second time."""
     out = io.BytesIO()
     Image.new("RGB", (1, 1), (200, 30, 30)).save(out, "PNG")
-    body = {"image": base64.b64encode(out.getvalue()).decode(), "crop_n_layers": 2}
+    body = {
+        "image": base64.b64encode(out.getvalue()).decode(),
+        "crop_n_layers": 2,
+        "points_per_side": 4,
+    }
     response = await gateway.client.post("/segment/everything", json=body)
     assert response.status_code == 200, response.text
     assert (response.json()["width"], response.json()["height"]) == (1, 1)
+    assert gateway.encodes == 1  # the image; no crop repeats it
+    assert gateway.metric("esam_decoder_prompts_total") == 4**2  # one grid, not three
 
 
 async def test_crops_embed_each_region_through_the_cache(

@@ -73,6 +73,7 @@ async def test_embedding_is_shared_between_replicas(
         assert segment.status_code == 200
 
 
+@pytest.mark.real_encoder  # the encodes must overlap
 async def test_two_replicas_encode_a_new_image_once(
     gateway_factory: GatewayFactory, redis_url: str
 ) -> None:
@@ -232,6 +233,7 @@ async def test_missed_deletes_clear_the_local_tier_after_an_outage(
         assert gw.metric("esam_cache_invalidations_total", {"source": "resync"}) == 1
 
 
+@pytest.mark.real_encoder  # the encodes must overlap
 async def test_an_encode_longer_than_the_lock_ttl_keeps_its_lock(
     gateway_factory: GatewayFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

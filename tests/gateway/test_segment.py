@@ -84,6 +84,7 @@ async def test_image_in_the_request_is_encoded_and_cached(
     assert gateway.encodes == 1
 
 
+@pytest.mark.real_encoder  # the encodes must overlap
 async def test_sixteen_concurrent_segments_encode_once(
     gateway: Gateway, image_bytes: bytes
 ) -> None:

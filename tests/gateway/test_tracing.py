@@ -61,6 +61,7 @@ def under(span: ReadableSpan, root: ReadableSpan, found: tuple[ReadableSpan, ...
     return False
 
 
+@pytest.mark.real_encoder  # the local encoder's own span attributes
 async def test_span_trees_of_embed_miss_hit_and_segment(
     spans: InMemorySpanExporter,
     gateway_factory: GatewayFactory,
