@@ -24,12 +24,14 @@ import httpx
 
 from service.devtools.prometheus import sample_sum
 from service.devtools.triton_config import (
+    DECODER,
     DTYPES,
     ENSEMBLE,
     MODEL,
     PIPELINE,
     SOURCE_REPOSITORY,
     cpu_configs,
+    decoder_cpu_config,
     gpu_configs,
 )
 
@@ -61,6 +63,8 @@ def prepare(
     extra_wires: tuple[str, ...] = (),
     gpu: bool = False,
     stand_in_encoder: bool = False,
+    decoder: bool = False,
+    decoder_resident_bytes: int = 256 << 20,
 ) -> tuple[Path, Path]:
     """Write the CPU model repository and a backends folder with the Python stub.
 
@@ -72,6 +76,8 @@ def prepare(
     and encoder (``efficientsam_<wire>``, output FP32), so that one server can compare them.
     ``stand_in_encoder`` replaces the encoder's code with one that answers zeros at once
     (``service/devtools/stand_in_encoder.py``, for benchmarks of what surrounds it).
+    ``decoder`` adds ``efficientsam_decoder`` (its CPU config, ``decoder_resident_bytes``
+    of resident embeddings; the production config with ``gpu``).
     """
     repository = workdir / "model_repository"
     shutil.rmtree(repository, ignore_errors=True)
@@ -100,6 +106,18 @@ def prepare(
                 shutil.copy2(
                     Path(__file__).with_name("stand_in_encoder.py"), model_dir / "1" / "model.py"
                 )
+    if decoder:
+        model_dir = repository / DECODER
+        shutil.copytree(
+            SOURCE_REPOSITORY / DECODER,
+            model_dir,
+            ignore=shutil.ignore_patterns("__pycache__", "config.pbtxt", "configs"),
+        )
+        text = decoder_cpu_config(checkpoint=checkpoint, resident_bytes=decoder_resident_bytes)
+        if gpu:
+            text = (SOURCE_REPOSITORY / DECODER / "config.pbtxt").read_text()
+            text = text.replace("/weights/efficient_sam_vitt.pt", checkpoint)
+        (model_dir / "config.pbtxt").write_text(text)
     return repository, prepare_backends(workdir)
 
 
@@ -160,6 +178,8 @@ class LocalTriton:
     extra_wires: tuple[str, ...] = ()
     gpu: bool = False
     stand_in_encoder: bool = False
+    decoder: bool = False
+    decoder_resident_bytes: int = 256 << 20
     log_verbose: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _prepared: tuple[Path, Path] | None = field(default=None, init=False)
@@ -190,6 +210,8 @@ class LocalTriton:
                 extra_wires=self.extra_wires,
                 gpu=self.gpu,
                 stand_in_encoder=self.stand_in_encoder,
+                decoder=self.decoder,
+                decoder_resident_bytes=self.decoder_resident_bytes,
             )
         repository, backends = self._prepared
         env = server_environment()

@@ -7,7 +7,8 @@ for Triton's ``--model-config-name=cpu``.
 
 The models: ``efficientsam`` (ensemble: the image file's bytes in, embedding and size
 out) = ``efficientsam_preprocess`` (Python: decode, orient, resize) →
-``efficientsam_encoder`` (Python: the ViT encoder).
+``efficientsam_encoder`` (Python: the ViT encoder); beside them ``efficientsam_decoder``
+(Python: the mask decoder with embeddings resident, for ``ESAM_DECODER=triton``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ SOURCE_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 ENSEMBLE = "efficientsam"
 PREPROCESS = "efficientsam_preprocess"
 MODEL = "efficientsam_encoder"
-#: The models the gateway needs, in dependency order.
+DECODER = "efficientsam_decoder"
+#: The models the gateway's encodes need, in dependency order.
 PIPELINE = (PREPROCESS, MODEL, ENSEMBLE)
 DTYPES = {"fp32": mc.TYPE_FP32, "fp16": mc.TYPE_FP16, "uint8": mc.TYPE_UINT8}
 
@@ -112,6 +114,26 @@ def cpu_configs(
     return {config.name: _text(config) for config in (preprocess, encoder, ensemble)}
 
 
+def decoder_cpu_config(
+    *,
+    checkpoint: str | None = None,
+    max_batch: int = 8,
+    resident_bytes: int = 256 << 20,
+    queue_delay_us: int = 2000,
+    source: Path = SOURCE_REPOSITORY,
+) -> str:
+    """The decoder's production config.pbtxt on CPU: one instance, a smaller resident
+    cache (``resident_bytes``), ``max_batch`` requests per execution."""
+    config = _load(source, DECODER)
+    config.max_batch_size = max_batch
+    _on_cpu(config, 1)
+    config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+    config.parameters["resident_bytes"].string_value = str(resident_bytes)
+    if checkpoint is not None:
+        config.parameters["checkpoint"].string_value = checkpoint
+    return _text(config)
+
+
 def gpu_configs(
     *, checkpoint: str, max_batch: int = 32, source: Path = SOURCE_REPOSITORY
 ) -> dict[str, str]:
@@ -142,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         print(out)
+    out = args.repository / DECODER / "configs" / "cpu.pbtxt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(decoder_cpu_config(source=args.repository))
+    print(out)
     return 0
 
 

@@ -76,6 +76,20 @@ class EfficientSam(nn.Module):
         Returns low-res logits ``[N, K, 256, 256]`` and IoU predictions ``[N, K]``,
         ``K`` = 3 for multimask output (mask tokens 1-3), else 1 (token 0).
         """
+        logits, iou = self.decode_all(embedding, points, labels)
+        if multimask:
+            return logits[:, 1:], iou[:, 1:]
+        return logits[:, :1], iou[:, :1]
+
+    def decode_all(
+        self, embedding: Tensor, points: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Every mask token of ``N`` prompts: logits ``[N, 4, 256, 256]``, IoU ``[N, 4]``
+        (token 0: the single-mask output, 1-3: the multimask candidates).
+
+        ``embedding``: ``[1, 256, 64, 64]`` for one image, or ``[N, 256, 64, 64]``, one
+        per prompt (prompts of several images in one pass); the rest as :meth:`decode`.
+        """
         max_points = self.config.max_points
         num_points = points.shape[1]
         if num_points > max_points:
@@ -89,6 +103,4 @@ class EfficientSam(nn.Module):
         logits, iou = self.mask_decoder(
             embedding.to(self.device, torch.float32), self.prompt_encoder.dense_positions(), tokens
         )
-        if multimask:
-            return logits[:, 1:], iou[:, 1:]
-        return logits[:, :1], iou[:, :1]
+        return logits, iou

@@ -43,9 +43,10 @@ def start_triton(workdir: Path, checkpoint: Path, **options: Any) -> LocalTriton
 
 @pytest.fixture(scope="session")
 def triton(fixture: Fixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
-    """The pipeline with FP32 between preprocessing and encoder, plus an FP16 variant."""
+    """The pipeline with FP32 between preprocessing and encoder, plus an FP16 variant,
+    and the decoder."""
     server = start_triton(
-        tmp_path_factory.mktemp("triton"), fixture.checkpoint, extra_wires=("fp16",)
+        tmp_path_factory.mktemp("triton"), fixture.checkpoint, extra_wires=("fp16",), decoder=True
     )
     try:
         yield server

@@ -1,0 +1,311 @@
+"""Triton Python backend: the EfficientSAM mask decoder beside resident embeddings.
+
+Each request names one image (the request parameter ``image``: the gateway's model id
+and image id) and carries its prompts: ``points`` ``[1, N, P, 2]`` and ``labels``
+``[1, N, P]`` in the 1024×1024 model frame, ``image_size`` ``[1, 2]`` (height, width
+of the original image) and, only when the decoder does not hold the image,
+``embedding`` ``[1, 256, 64, 64]``. The parameter ``candidates`` says which masks come
+back: ``multimask`` (the three candidates), ``single`` (the single-mask output) or
+``best`` (the best of the three by predicted IoU).
+
+Embeddings stay on this instance's device in a bytes-bounded LRU (the config parameter
+``resident_bytes``); a request without an embedding for an image not held answers
+``status`` 1 ("not resident", an answer, not an error) and the gateway repeats it with
+the embedding. One execution runs one forward pass over every prompt of every request
+(the embeddings gathered per prompt), then per request on the device: bicubic
+upsampling to the original size, threshold, COCO's column-major run lengths, areas.
+Only scores, run lengths (``rle_lengths`` per candidate, ``rle_counts`` concatenated)
+and, when asked for as an output, the low-resolution logits go back; candidates come
+best first. A malformed request gets its own ``TritonError``; a batch that fails as a
+whole (out of memory) is retried request by request, so one request never fails the
+others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from service.errors import CheckpointError
+from service.model import load_model, random_model
+from service.model.masks import run_lengths, upsample_masks
+from service.model.prompt_encoder import LABEL_PADDING
+
+EMBEDDING_SHAPE = (256, 64, 64)
+NOT_RESIDENT = 1
+CANDIDATES = ("multimask", "single", "best")
+
+
+class Resident:
+    """Embeddings on the device, least recently used evicted first, bounded in bytes."""
+
+    def __init__(self, capacity_bytes: int, metrics: dict[str, Any]) -> None:
+        self.capacity = capacity_bytes
+        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.bytes = 0
+        self._metrics = metrics
+
+    def get(self, key: str) -> torch.Tensor | None:
+        found = self._items.get(key)
+        if found is None:
+            self._metrics["misses"].increment(1)
+            return None
+        self._items.move_to_end(key)
+        self._metrics["hits"].increment(1)
+        return found
+
+    def put(self, key: str, embedding: torch.Tensor) -> None:
+        size = embedding.numel() * embedding.element_size()
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= old.numel() * old.element_size()
+        while self._items and self.bytes + size > self.capacity:
+            _, evicted = self._items.popitem(last=False)
+            self.bytes -= evicted.numel() * evicted.element_size()
+            self._metrics["evictions"].increment(1)
+        if size <= self.capacity:
+            self._items[key] = embedding
+            self.bytes += size
+        self._metrics["bytes"].set(self.bytes)
+        self._metrics["images"].set(len(self._items))
+
+
+@dataclass
+class _Job:
+    index: int  # the request's place in the execution
+    embedding: torch.Tensor  # [256, 64, 64] on the device
+    points: torch.Tensor  # [N, P, 2]
+    labels: torch.Tensor  # [N, P]
+    height: int
+    width: int
+    candidates: str
+    logits_wanted: bool
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        checkpoint = os.environ.get("ESAM_CHECKPOINT") or params.get("checkpoint", "")
+        if args["model_instance_kind"] == "GPU":
+            self.device = torch.device(f"cuda:{args['model_instance_device_id']}")
+        else:
+            self.device = torch.device("cpu")
+        if checkpoint == "random":
+            model = random_model(params.get("variant", "ti"))
+        else:
+            if not checkpoint or not Path(checkpoint).is_file():
+                raise pb_utils.TritonModelException(
+                    f"efficientsam_decoder: checkpoint {checkpoint!r} not found; set the "
+                    "'checkpoint' parameter in config.pbtxt or ESAM_CHECKPOINT"
+                )
+            try:
+                model = load_model(checkpoint)
+            except CheckpointError as exc:
+                raise pb_utils.TritonModelException(f"efficientsam_decoder: {exc}") from exc
+        self.model = model.to(self.device).eval()
+        self.max_points = model.config.max_points
+        self.max_prompts = int(params.get("max_prompts_per_execution", "256"))
+        self.max_prompts_per_request = int(params.get("max_prompts_per_request", "64"))
+        self.resident_dtype = torch.float16
+        labels = {"model": args["model_name"], "instance": args["model_instance_name"]}
+        # the families must outlive their metrics: both are kept
+        self.metric_families = {
+            name: pb_utils.MetricFamily(
+                name=f"esam_decoder_resident_{name}", description=description, kind=kind
+            )
+            for name, description, kind in (
+                ("bytes", "Bytes of embeddings resident", pb_utils.MetricFamily.GAUGE),
+                ("images", "Embeddings resident", pb_utils.MetricFamily.GAUGE),
+                ("hits", "Requests whose image was resident", pb_utils.MetricFamily.COUNTER),
+                ("misses", "Requests whose image was not", pb_utils.MetricFamily.COUNTER),
+                ("evictions", "Embeddings evicted for room", pb_utils.MetricFamily.COUNTER),
+            )
+        }
+        self.metrics = {
+            name: family.Metric(labels=labels) for name, family in self.metric_families.items()
+        }
+        self.resident = Resident(int(params.get("resident_bytes", str(8 << 30))), self.metrics)
+
+    # --- one request -------------------------------------------------------------------
+
+    def _job(self, index: int, request: Any) -> _Job | Any:
+        """The request's work, or its own answer (not resident, or an error)."""
+        try:
+            parameters = json.loads(request.parameters() or "{}")
+        except ValueError:
+            return _error("parameters are not JSON")
+        key = parameters.get("image")
+        candidates = parameters.get("candidates", "multimask")
+        if not isinstance(key, str) or not key:
+            return _error("the request parameter 'image' (model id and image id) is missing")
+        if candidates not in CANDIDATES:
+            return _error(f"candidates must be one of {', '.join(CANDIDATES)}")
+        points = _input(request, "points")
+        labels = _input(request, "labels")
+        size = _input(request, "image_size")
+        if points is None or labels is None or size is None:
+            return _error("points, labels and image_size are required")
+        if points.ndim != 4 or points.shape[0] != 1 or points.shape[-1] != 2:
+            return _error(f"points must be [1, N, P, 2], got {list(points.shape)}")
+        n, p = points.shape[1], points.shape[2]
+        if tuple(labels.shape) != (1, n, p):
+            return _error(f"labels must be [1, {n}, {p}], got {list(labels.shape)}")
+        if not 1 <= n <= self.max_prompts_per_request or not 1 <= p <= self.max_points:
+            return _error(
+                f"1 to {self.max_prompts_per_request} prompts of 1 to {self.max_points} points"
+            )
+        if not bool(torch.isfinite(points).all()):
+            return _error("points contain NaN or infinity")
+        if size.numel() != 2 or int(size.min()) < 1:
+            return _error("image_size must be [1, 2]: height, width >= 1")
+        height, width = (int(v) for v in size.reshape(-1))
+        given = _input(request, "embedding")
+        if given is not None:
+            if tuple(given.shape) != (1, *EMBEDDING_SHAPE):
+                return _error(f"embedding must be [1, 256, 64, 64], got {list(given.shape)}")
+            embedding = given[0].to(self.device, self.resident_dtype)  # a copy: inputs are freed
+            self.resident.put(key, embedding)
+        else:
+            found = self.resident.get(key)
+            if found is None:
+                return _not_resident()
+            embedding = found
+        return _Job(
+            index=index,
+            embedding=embedding,
+            points=points[0],
+            labels=labels[0],
+            height=height,
+            width=width,
+            candidates=candidates,
+            logits_wanted="low_res_logits" in request.requested_output_names(),
+        )
+
+    # --- the execution -----------------------------------------------------------------
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        jobs: list[_Job] = []
+        for index, request in enumerate(requests):
+            try:
+                job = self._job(index, request)
+            except Exception as exc:  # this request's own error, never the batch's
+                job = _error(f"request failed: {exc}")
+            if isinstance(job, _Job):
+                jobs.append(job)
+            else:
+                responses[index] = job
+        group: list[_Job] = []
+        for job in jobs:  # at most max_prompts per forward pass
+            if group and sum(len(j.points) for j in group) + len(job.points) > self.max_prompts:
+                self._run_group(group, responses)
+                group = []
+            group.append(job)
+        if group:
+            self._run_group(group, responses)
+        return responses
+
+    def _run_group(self, group: list[_Job], responses: list[Any]) -> None:
+        try:
+            for job, answer in zip(group, self._decode(group), strict=True):
+                responses[job.index] = answer
+        except Exception:  # e.g. out of memory: each request on its own
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            for job in group:
+                try:
+                    responses[job.index] = self._decode([job])[0]
+                except Exception as exc:  # this request's own error
+                    responses[job.index] = _error(f"decoding failed: {exc}")
+
+    def _decode(self, group: list[_Job]) -> list[Any]:
+        """One forward pass over every prompt of the group, then each request's masks."""
+        padded = [_padded(j, self.max_points) for j in group]
+        points = torch.cat([p for p, _ in padded]).to(self.device)
+        labels = torch.cat([lab for _, lab in padded]).to(self.device)
+        owners = torch.cat(
+            [torch.full((len(j.points),), i, dtype=torch.int64) for i, j in enumerate(group)]
+        ).to(self.device)
+        images = torch.stack([j.embedding for j in group])
+        with torch.inference_mode():
+            logits, iou = self.model.decode_all(images[owners].float(), points, labels)
+            answers = []
+            first = 0
+            for job in group:
+                n = len(job.points)
+                answers.append(self._masks(job, logits[first : first + n], iou[first : first + n]))
+                first += n
+        return answers
+
+    def _masks(self, job: _Job, logits: torch.Tensor, iou: torch.Tensor) -> Any:
+        """``[N, 4, 256, 256]`` logits of one request → its response."""
+        if job.candidates == "single":
+            logits, iou = logits[:, :1], iou[:, :1]
+        else:
+            logits, iou = logits[:, 1:], iou[:, 1:]
+        order = torch.argsort(iou, dim=1, descending=True, stable=True)
+        if job.candidates == "best":
+            order = order[:, :1]
+        iou = torch.gather(iou, 1, order)
+        logits = torch.gather(logits, 1, order[:, :, None, None].expand(-1, -1, *logits.shape[2:]))
+        n, k = iou.shape
+        masks = upsample_masks(logits, job.height, job.width).reshape(n * k, job.height, job.width)
+        lengths, counts = run_lengths(masks)
+        outputs = [
+            pb_utils.Tensor("status", np.zeros((1, 1), dtype=np.int32)),
+            pb_utils.Tensor("scores", iou.float().cpu().numpy()[None]),
+            pb_utils.Tensor("rle_lengths", lengths.to(torch.int32).cpu().numpy()[None]),
+            pb_utils.Tensor("rle_counts", counts.to(torch.int32).cpu().numpy()[None]),
+        ]
+        if job.logits_wanted:
+            outputs.append(pb_utils.Tensor("low_res_logits", logits.float().cpu().numpy()[None]))
+        return pb_utils.InferenceResponse(output_tensors=outputs)
+
+
+def _input(request: Any, name: str) -> torch.Tensor | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    if tensor.is_cpu():
+        return torch.from_numpy(tensor.as_numpy().copy())
+    return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).clone()
+
+
+def _padded(job: _Job, to: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of P points → ``to`` points, padded as the model pads (-1, label -1), so
+    that the prompts of every request of the execution form one batch."""
+    n, p = job.points.shape[0], job.points.shape[1]
+    points = torch.full((n, to, 2), -1.0, dtype=torch.float32)
+    points[:, :p] = job.points.float()
+    labels = torch.full((n, to), float(LABEL_PADDING), dtype=torch.float32)
+    labels[:, :p] = job.labels.float()
+    return points, labels
+
+
+def _not_resident() -> Any:
+    empty = np.zeros((1, 0), dtype=np.int32)
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            pb_utils.Tensor("status", np.full((1, 1), NOT_RESIDENT, dtype=np.int32)),
+            pb_utils.Tensor("scores", np.zeros((1, 0, 0), dtype=np.float32)),
+            pb_utils.Tensor("rle_lengths", empty),
+            pb_utils.Tensor("rle_counts", empty),
+        ]
+    )
+
+
+def _error(message: str) -> Any:
+    return pb_utils.InferenceResponse(
+        error=pb_utils.TritonError(
+            f"efficientsam_decoder: {message}", pb_utils.TritonError.INVALID_ARG
+        )
+    )
