@@ -3,7 +3,7 @@
 Starts the real service (``python -m service``, embedded mode) on a free
 loopback port, then, alternately in the same run:
 
-* **direct**: the gateway's own decode path (``service.core.decoding.Decoder``:
+* **direct**: the gateway's own decode path (``service.core.decoders.LocalDecoder``:
   mask decoder + upsampling + RLE) called in this process on the same
   embedding, with the same concurrency limit;
 * **http**: ``POST /segment`` with the image's ``image_id`` (a cache hit).
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.core.decoding import Decoder, DecodeRequest
+from service.core.decoders import DecodeRequest, LocalDecoder
 from service.core.embedding import Embedding
 from service.core.loading import load_serving_model
 from service.core.metrics import Metrics
@@ -111,8 +111,8 @@ async def main() -> None:
     points, labels = prompts_to_arrays(
         [Prompt(points=PROMPT["points"], labels=PROMPT["labels"])], width, height
     )
-    decoder = Decoder(loaded.model, max_concurrency=args.decodes, metrics=Metrics())
-    request = DecodeRequest(embedding, points, labels, True, "rle", False)
+    decoder = LocalDecoder(loaded.model, max_concurrency=args.decodes, metrics=Metrics())
+    request = DecodeRequest("bench", embedding, points, labels, "multimask", False)
 
     async def direct() -> None:
         await decoder.segment(request)

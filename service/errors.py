@@ -80,6 +80,16 @@ class EncoderUnavailableError(EsamError):
         self.retry_after_s = retry_after_s
 
 
+class DecoderUnavailableError(EsamError):
+    """The mask decoder (Triton's ``efficientsam_decoder``) did not answer in time."""
+
+    code = "decoder_unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class CacheUnavailableError(EsamError):
     """The shared cache could not confirm an operation that must reach every replica."""
 

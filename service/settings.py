@@ -68,8 +68,27 @@ class Settings(BaseSettings):
         description="Full-resolution image decodes at once (each holds its decoded image).",
     )
     encode_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    decoder: Literal["local", "triton"] = Field(
+        default="local",
+        description="Where clicks are decoded: `local` (this process, ESAM_DECODER_DEVICE) or "
+        "`triton` (efficientsam_decoder beside the encoder, embeddings resident on its GPU; "
+        "segment everything stays local).",
+    )
     decoder_device: str = "cpu"
     max_concurrent_decodes: int = Field(default=2, ge=1, le=256)
+    triton_decoder_model: str = "efficientsam_decoder"
+    decode_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Deadline of one click's decode in Triton (a re-sent embedding included).",
+    )
+    max_pending_decodes: int = Field(
+        default=1024,
+        ge=1,
+        le=100_000,
+        description="Clicks waiting on the Triton decoder in this process; beyond it 429 at once.",
+    )
     max_everything_jobs: int = Field(
         default=1,
         ge=1,

@@ -77,6 +77,18 @@ class Metrics:
             registry=r,
         )
         self.decoder_prompts = Counter("esam_decoder_prompts_total", "Prompts decoded.", registry=r)
+        self.decoder_errors = Counter(
+            "esam_decoder_errors_total",
+            "Triton decoder calls that failed, by reason (timeout, unreachable, request, "
+            "circuit_open, overloaded).",
+            ["reason"],
+            registry=r,
+        )
+        self.decoder_embedding_sends = Counter(
+            "esam_decoder_embedding_sends_total",
+            "Triton decoder calls repeated with the embedding (the image was not resident).",
+            registry=r,
+        )
         self.everything_duration = Histogram(
             "esam_everything_duration_seconds",
             "Segment-everything jobs: grid decode, filtering, NMS, masks encoded.",

@@ -9,7 +9,9 @@ is set); the spans below then join the request's server span:
 * ``esam.singleflight.wait`` (``esam.singleflight.scope``: process / redis_lock)
 * ``esam.encode`` (``esam.encoder``: local / triton; ``esam.batch_wait_ms`` where known)
 * ``esam.decode`` (``esam.prompts``)
-* ``esam.masks.encode`` (``esam.mask_format``)
+* ``esam.masks.upsample`` (the local decoder: full-size masks and their COCO RLE)
+* ``esam.masks.encode`` (``esam.mask_format``, ``esam.masks``: PNG or polygons, made at
+  the edge from the RLE)
 
 Everything else (service name, sampler, exporter endpoint, batch sizes) comes from
 the standard ``OTEL_*`` variables, read by the SDK itself.

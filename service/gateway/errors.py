@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import (
     CacheUnavailableError,
+    DecoderUnavailableError,
     EmbeddingNotFoundError,
     EncoderUnavailableError,
     EsamError,
@@ -43,6 +44,7 @@ STATUS: dict[str, int] = {
     ImageFetchError.code: 502,
     OverloadedError.code: 429,
     EncoderUnavailableError.code: 503,
+    DecoderUnavailableError.code: 503,
     CacheUnavailableError.code: 503,
 }
 
@@ -80,6 +82,8 @@ _DESCRIPTIONS: dict[int | str, str] = {
     "running (`overloaded`); retry after `Retry-After` seconds",
     502: "the image could not be fetched from where the task says (`image_fetch_failed`)",
     503: "the encoder is unavailable (`encoder_unavailable`); retry after `Retry-After` seconds",
+    "503-decode": "the encoder or the mask decoder is unavailable (`encoder_unavailable`, "
+    "`decoder_unavailable`); retry after `Retry-After` seconds",
     "503-delete": "the shared cache could not confirm the delete on every replica "
     "(`cache_unavailable`); retry after `Retry-After` seconds",
 }
@@ -104,7 +108,10 @@ def error_response(
 def render(exc: EsamError) -> JSONResponse:
     status = STATUS.get(exc.code, 500)
     headers: dict[str, str] = {}
-    if isinstance(exc, EncoderUnavailableError | OverloadedError | CacheUnavailableError):
+    if isinstance(
+        exc,
+        EncoderUnavailableError | DecoderUnavailableError | OverloadedError | CacheUnavailableError,
+    ):
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"

@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from service.core.admission import Admission
 from service.core.cache import EmbeddingCache, MemoryCache, RedisTier
 from service.core.cache.redis_client import RedisTarget
-from service.core.decoding import Decoder
+from service.core.decoders import Decoder, LocalDecoder
 from service.core.embeddings import EmbeddingService
 from service.core.encoders import Encoder, LocalEncoder
 from service.core.loading import LoadedModel, load_serving_model
@@ -77,6 +77,47 @@ def build_encoder(settings: Settings, loaded: LoadedModel, metrics: Metrics) -> 
     )
 
 
+def build_decoder(
+    settings: Settings, loaded: LoadedModel, metrics: Metrics, encoder: Encoder
+) -> Decoder:
+    """The decoder the settings name; in Triton it shares the encoder's endpoints (their
+    breakers and probes) when the encoder is there too."""
+    local = LocalDecoder(
+        loaded.model,
+        max_concurrency=settings.max_concurrent_decodes,
+        metrics=metrics,
+        max_everything_jobs=settings.max_everything_jobs,
+        everything_memory_bytes=settings.everything_memory_mb << 20,
+    )
+    if settings.decoder == "local":
+        return local
+    from service.core.decoders.triton import TritonDecoder
+    from service.core.encoders.triton_pool import TritonEncoder
+
+    shared = isinstance(encoder, TritonEncoder)
+    pool = (
+        encoder
+        if isinstance(encoder, TritonEncoder)
+        else TritonEncoder(
+            settings.triton_url,
+            model_name=settings.triton_decoder_model,
+            timeout_s=settings.decode_timeout_s,
+            resolve_s=settings.triton_resolve_s,
+            metrics=metrics,
+        )
+    )
+    return TritonDecoder(
+        pool,
+        model_id=loaded.model_id,
+        model_name=settings.triton_decoder_model,
+        timeout_s=settings.decode_timeout_s,
+        max_pending=settings.max_pending_decodes,
+        metrics=metrics,
+        fallback=local,
+        owns_pool=not shared,
+    )
+
+
 def load_model_for(settings: Settings, checkpoint: str) -> LoadedModel:
     return load_serving_model(checkpoint, settings.variant, settings.decoder_device)
 
@@ -117,13 +158,8 @@ async def init_state(
         max_image_pixels=settings.max_image_pixels,
         lock_wait_s=settings.lock_wait,
     )
-    decoder = Decoder(
-        loaded.model,
-        max_concurrency=settings.max_concurrent_decodes,
-        metrics=metrics,
-        max_everything_jobs=settings.max_everything_jobs,
-        everything_memory_bytes=settings.everything_memory_mb << 20,
-    )
+    decoder = build_decoder(settings, loaded, metrics, encoder)
+    await decoder.start()
     metrics.model_info.labels(
         loaded.model_id, settings.encoder, settings.cache, settings.embedding_dtype
     ).set(1)

@@ -74,6 +74,12 @@ def compress_rle(counts: list[int], height: int, width: int) -> CocoRle:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def decode_rle(rle: CocoRle) -> BoolMask:
+    """COCO compressed RLE → the boolean mask ``[height, width]``."""
+    raw = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    return np.asarray(coco_mask.decode(raw), dtype=bool)
+
+
 def rle_area_bbox(rle: CocoRle) -> tuple[int, list[float]]:
     """Area in pixels and ``[x, y, w, h]`` bounding box (zeros for an empty mask)."""
     raw = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}

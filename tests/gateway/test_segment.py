@@ -205,3 +205,32 @@ async def test_mask_formats_agree(gateway: Gateway, image_bytes: bytes) -> None:
     ys, xs = np.nonzero(reference)
     x, y, w, h = by_format["rle"]["bbox"]
     assert (x, y, x + w - 1, y + h - 1) == (xs.min(), ys.min(), xs.max(), ys.max())
+
+
+async def test_best_only_returns_the_best_multimask_candidate_alone(
+    gateway: Gateway, image_bytes: bytes, fixture: Fixture
+) -> None:
+    """``best_only``: one candidate per prompt, the multimask candidate with the highest
+    score (its mask, score, area, box and logits unchanged); ignored without multimask."""
+    upload = await gateway.client.post(
+        "/embed", content=image_bytes, headers={"Content-Type": "image/jpeg"}
+    )
+    body = {
+        "image_id": upload.json()["image_id"],
+        "prompts": fixture_prompts(fixture),
+        "return_logits": True,
+    }
+    every = (await gateway.client.post("/segment", json=body)).json()["results"]
+    best = (await gateway.client.post("/segment", json={**body, "best_only": True})).json()
+    for all_three, only in zip(every, best["results"], strict=True):
+        assert len(all_three["candidates"]) == 3
+        (kept,) = only["candidates"]
+        top = max(all_three["candidates"], key=lambda c: c["score"])
+        assert kept["score"] == top["score"]
+        assert kept["mask"] == top["mask"]
+        assert (kept["area"], kept["bbox"]) == (top["area"], top["bbox"])
+        assert np.array_equal(decode_logits(kept), decode_logits(top))
+    single = {**body, "multimask": False}
+    alone = (await gateway.client.post("/segment", json=single)).json()["results"]
+    also = (await gateway.client.post("/segment", json={**single, "best_only": True})).json()
+    assert also["results"] == alone

@@ -116,9 +116,14 @@ async def test_span_trees_of_embed_miss_hit_and_segment(
         found = in_trace(spans.get_finished_spans(), root)
         (decode,) = by_name(found, "esam.decode")
         assert (decode.attributes or {})["esam.prompts"] == 2
-        (masks,) = by_name(found, "esam.masks.encode")  # made in the decoder's thread
+        # PNGs are made at the edge from the decoder's RLE, in a worker thread, after it
+        (masks,) = by_name(found, "esam.masks.encode")
         assert (masks.attributes or {})["esam.mask_format"] == "png"
-        assert parent_of(masks, found) is decode
+        assert (masks.attributes or {})["esam.masks"] == 6  # 2 prompts x 3 candidates
+        assert under(masks, root, found)
+        assert masks.start_time is not None
+        assert decode.end_time is not None
+        assert masks.start_time >= decode.end_time
         assert under(decode, root, found)
         assert not by_name(found, "esam.encode")
 

@@ -69,22 +69,22 @@ _UNREACHABLE_STATUS = frozenset(
 )
 
 
-def _invalid_input(exc: BaseException) -> bool:
+def invalid_input(exc: BaseException) -> bool:
     return isinstance(exc, InferenceServerException) and str(exc.status()) in _INVALID_INPUT_STATUS
 
 
 def _answered(exc: BaseException) -> bool:
     """Triton answered the call (with an error about it), so it is done with the call."""
     return isinstance(exc, InferenceServerException) and (
-        _invalid_input(exc) or not _unreachable(exc)
+        invalid_input(exc) or not unreachable(exc)
     )
 
 
-def _message(exc: BaseException) -> str:
+def message_of(exc: BaseException) -> str:
     return str(exc.message()) if isinstance(exc, InferenceServerException) else str(exc)
 
 
-def _unreachable(exc: BaseException) -> bool:
+def unreachable(exc: BaseException) -> bool:
     """True for failures to reach the server (safe to retry; counts against the circuit)."""
     if isinstance(exc, InferenceServerException):
         return str(exc.status()) in _UNREACHABLE_STATUS
@@ -129,6 +129,11 @@ class TritonEndpoint:
         self._output_dtype: np.dtype[Any] = np.dtype(np.float16)
         self._regions: OutputRegions | None = None  # created once the output's dtype is known
 
+    @property
+    def client(self) -> Any:
+        """This address's tritonclient (gRPC or HTTP, asyncio), shared by every model's calls."""
+        return self._client
+
     # --- lifecycle --------------------------------------------------------------------------
     def _new_client(self) -> Any:
         if self.protocol == "grpc":
@@ -168,6 +173,11 @@ class TritonEndpoint:
         if ready:
             self.breaker.probe_succeeded()
         return ready
+
+    def forget_model_check(self) -> None:
+        """The server may have restarted (another model's call failed to reach it): check
+        the encoder's model, and register shared memory again, on the next encode."""
+        self._model_checked = False
 
     async def _check_model(self) -> None:
         """Once per connection: the model must take the image file's bytes."""
@@ -209,7 +219,7 @@ class TritonEndpoint:
             log.warning("no shared-memory region for this call (%s): %s", exc, exc.__cause__)
             return None
         except InferenceServerException as exc:
-            if _unreachable(exc):
+            if unreachable(exc):
                 raise
             if self._regions is regions:  # the first call to hear it (others may, too)
                 # Triton answered that it cannot map our memory: it is not on this host, or
@@ -219,7 +229,7 @@ class TritonEndpoint:
                     "come in its answers instead; run Triton on the same host with a shared "
                     "/dev/shm, or unset ESAM_TRITON_SHARED_MEMORY",
                     self.address,
-                    _message(exc),
+                    message_of(exc),
                 )
                 self.shared_memory = False
                 self._regions = None
@@ -283,10 +293,12 @@ class TritonEndpoint:
             call.success()  # Triton answered, with something unusable
             raise
         except Exception as exc:
-            if _invalid_input(exc):
+            if invalid_input(exc):
                 call.success()  # Triton answered: this image does not decode
-                raise InvalidImageError(f"the image could not be decoded: {_message(exc)}") from exc
-            if not _unreachable(exc):
+                raise InvalidImageError(
+                    f"the image could not be decoded: {message_of(exc)}"
+                ) from exc
+            if not unreachable(exc):
                 # Triton answered with an error about this request: not retried, and no
                 # reason to stop sending it others
                 call.success()

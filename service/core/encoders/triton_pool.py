@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import itertools
 import logging
@@ -76,6 +77,16 @@ def parse_targets(urls: str) -> list[Target]:
     if len({t.protocol for t in targets}) > 1:
         raise ValueError("use one scheme (grpc:// or http://) for every Triton address")
     return targets
+
+
+#: how many more calls in flight than the least busy endpoint make one "far busier"
+LOAD_GUARD_CALLS = 16
+
+
+def _weight(key: str, address: str) -> int:
+    """Rendezvous (highest random weight) score of ``address`` for ``key``."""
+    digest = hashlib.blake2b(f"{key}|{address}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _address(host: str, port: int) -> str:
@@ -198,11 +209,36 @@ class TritonEncoder:
                 return endpoint, call
         return None
 
-    def _retry_after_s(self) -> int:
+    def pick_for(self, key: str, avoid: set[str]) -> tuple[TritonEndpoint, Call] | None:
+        """The endpoint that serves ``key`` (an image id): rendezvous hashing over the
+        endpoints whose circuit lets a call through, so all of one image's calls go to one
+        Triton (its resident embedding) and a lost or added endpoint moves only its share.
+
+        Load guard: an endpoint with ``LOAD_GUARD_CALLS`` more calls in flight than the
+        least busy one, and more than twice as many, is passed over for the next in hash
+        order (as SGLang's cache-aware router falls back to the shortest queue).
+        """
+        endpoints = [e for e in self.endpoints.values() if e.address not in avoid]
+        if not endpoints:
+            endpoints = list(self.endpoints.values())
+        least = min((e.outstanding for e in endpoints), default=0)
+        ranked = sorted(endpoints, key=lambda e: _weight(key, e.address), reverse=True)
+        guarded = [
+            e
+            for e in ranked
+            if e.outstanding < least + LOAD_GUARD_CALLS or e.outstanding <= 2 * least
+        ]
+        for endpoint in guarded + [e for e in ranked if e not in guarded]:
+            call = endpoint.breaker.acquire()
+            if call is not None:
+                return endpoint, call
+        return None
+
+    def retry_after_s(self) -> int:
         waits = [e.breaker.retry_after_s() for e in self.endpoints.values()]
         return min(waits, default=2)
 
-    def _probe_soon(self) -> None:
+    def probe_soon(self) -> None:
         now = time.monotonic()
         if self._probe is not None and not self._probe.done():
             return
@@ -223,11 +259,11 @@ class TritonEncoder:
             picked = self._pick(avoid=tried)
             if picked is None:
                 self._metrics.encoder_errors.labels("circuit_open").inc()
-                self._probe_soon()
+                self.probe_soon()
                 raise EncoderUnavailableError(
                     "the encoder is unavailable (every Triton circuit is open after repeated "
                     "failures)",
-                    retry_after_s=self._retry_after_s(),
+                    retry_after_s=self.retry_after_s(),
                 )
             endpoint, call = picked
             try:
@@ -246,6 +282,6 @@ class TritonEncoder:
                     continue
                 self._metrics.encoder_errors.labels("unreachable").inc()
                 raise EncoderUnavailableError(
-                    "the encoder (Triton) is unreachable", retry_after_s=self._retry_after_s()
+                    "the encoder (Triton) is unreachable", retry_after_s=self.retry_after_s()
                 ) from exc
         raise AssertionError("unreachable")  # the loop returns or raises

@@ -17,7 +17,7 @@ router = APIRouter(tags=["segmentation"])
     response_model=EverythingResponse,
     response_model_exclude_none=True,
     operation_id="segment_everything",
-    responses=error_responses(401, 404, 413, 422, 429, 503),
+    responses=error_responses(401, 404, 413, 422, 429, "503-decode"),
     summary="Every object: masks from a grid of point prompts",
     description=(
         "SAM's automatic mask generation on the image's embedding (cached, or encoded "

@@ -8,6 +8,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Tag, field_v
 from pydantic.json_schema import SkipJsonSchema
 
 from service.gateway.examples import EXAMPLE_IMAGE_BASE64, EXAMPLE_IMAGE_ID
+from service.gateway.mask_formats import MaskFormat
 from service.gateway.protocol_types import (
     BY_ID,
     ONE_IMAGE,
@@ -67,7 +68,7 @@ class EverythingOptions(BaseModel):
         "and stability (the paper's proposal ranking)",
     )
     max_masks: Integer = Field(default=1000, ge=1, le=10_000)
-    mask_format: Literal["rle", "png", "polygons", "none"] = "rle"
+    mask_format: MaskFormat = "rle"
 
     _points_per_side_not_null = field_validator("points_per_side", mode="before")(reject_null)
 

@@ -19,6 +19,7 @@ from service.gateway.everything.protocol import (
     EverythingResponse,
     EverythingWithImageRequest,
 )
+from service.gateway.mask_formats import mask_payloads
 from service.gateway.segment.serving import image_embedding, image_source
 from service.gateway.state import ServingState
 from service.model.preprocess import crop_pngs
@@ -63,14 +64,14 @@ async def segment_everything(state: ServingState, request: EverythingRequest) ->
         extra = crop_boxes(width, height, n_layers)[1:]
         crops += await _crop_embeddings(state, data, extra)
 
-    found = await state.decoder.everything(crops, _params(request, side), request.mask_format)
+    found = await state.decoder.everything(crops, _params(request, side))
+    payloads = await mask_payloads([p.rle for p in found], request.mask_format)
     masks = []
-    for item in found:
-        p = item.proposal
+    for p, payload in zip(found, payloads, strict=True):
         x0, y0, x1, y1 = p.box
         masks.append(
             EverythingMaskOut(
-                mask=item.mask,
+                mask=payload,
                 area=p.area,
                 bbox=[float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)],
                 predicted_iou=p.predicted_iou,

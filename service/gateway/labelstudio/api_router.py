@@ -76,7 +76,7 @@ async def versions(backend: Backend) -> VersionsResponse:
 @router.post(
     "/predict",
     operation_id="labelstudio_predict",
-    responses=error_responses(401, 413, "422-fetch", 429, 502, 503),
+    responses=error_responses(401, 413, "422-fetch", 429, 502, "503-decode"),
     summary="Masks for an annotator's clicks, or a project's tasks encoded ahead",
     description=(
         "With `params.context` (an annotator's smart KeyPointLabels / RectangleLabels): one "

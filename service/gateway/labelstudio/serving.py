@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.core.cache.redis_tier import RedisTier, RedisUnavailableError
-from service.core.decoding import DecodeRequest
+from service.core.decoders import DecodeRequest
 from service.core.embedding import Embedding
 from service.core.everything import EverythingParams, densest_grid
 from service.errors import (
@@ -60,7 +60,7 @@ from service.gateway.labelstudio.protocol import (
     TaskPrediction,
 )
 from service.gateway.state import ServingState
-from service.model.masks import mask_to_polygons
+from service.model.masks import decode_rle, mask_to_polygons
 from service.model.prompts import MAX_POINTS, Prompt, prompts_to_arrays
 from service.settings import Settings
 
@@ -308,10 +308,10 @@ class LabelStudioBackend:
         """One task of a batch: None when its image was ready only after the answer."""
         async with self._batch:
             try:
-                embedding = await self._embedding(task, config)
+                image_id, embedding = await self._embedding(task, config)
                 if time.monotonic() > deadline:
                     return None  # answered as pending; the embedding is cached now
-                return await self._answer(config, embedding, [])
+                return await self._answer(config, image_id, embedding, [])
             except EsamError as exc:
                 log.warning("label studio task %s: %s: %s", task.id, exc.code, exc.message)
                 version = self.model_version + FAILED_SUFFIX
@@ -320,16 +320,17 @@ class LabelStudioBackend:
     async def _task(
         self, task: Task, config: LabelConfig, clicks: list[KeypointClick | RectangleClick]
     ) -> TaskPrediction:
-        return await self._answer(config, await self._embedding(task, config), clicks)
+        return await self._answer(config, *await self._embedding(task, config), clicks)
 
     async def _answer(
         self,
         config: LabelConfig,
+        image_id: str,
         embedding: Embedding,
         clicks: list[KeypointClick | RectangleClick],
     ) -> TaskPrediction:
         if clicks:
-            return await self._click(config, embedding, clicks)
+            return await self._click(config, image_id, embedding, clicks)
         if self._settings.label_studio_preannotate == "everything":
             return await self._everything(config, embedding)
         return TaskPrediction(result=[], score=0.0, model_version=self.model_version)
@@ -337,6 +338,7 @@ class LabelStudioBackend:
     async def _click(
         self,
         config: LabelConfig,
+        image_id: str,
         embedding: Embedding,
         clicks: list[KeypointClick | RectangleClick],
     ) -> TaskPrediction:
@@ -346,40 +348,46 @@ class LabelStudioBackend:
         points, labels = prompts_to_arrays(
             [prompt], width, height, img_size=self._state.loaded.model.config.img_size
         )
-        request = DecodeRequest(embedding, points, labels, multimask, "array", False)
+        request = DecodeRequest(
+            image_id=image_id,
+            embedding=embedding,
+            points=points,
+            labels=labels,
+            candidates="best" if multimask else "single",
+            return_logits=False,
+        )
         best = (await self._state.decoder.segment(request))[0][0]
-        regions = _regions(config, best.mask, config.label(label), best.score)
+        mask = await asyncio.to_thread(decode_rle, best.rle)
+        regions = _regions(config, mask, config.label(label), best.score)
         return TaskPrediction(result=regions, score=best.score, model_version=self.model_version)
 
     async def _everything(self, config: LabelConfig, embedding: Embedding) -> TaskPrediction:
         whole = (0, 0, embedding.width, embedding.height)
-        found = await self._state.decoder.everything(
-            [(whole, embedding)], self._everything_params, "array"
-        )
+        found = await self._state.decoder.everything([(whole, embedding)], self._everything_params)
         label = config.label(None)
         regions = []
-        for item in found:
-            regions += _regions(config, item.mask, label, item.proposal.predicted_iou)
-        scores = [item.proposal.predicted_iou for item in found]
+        for proposal in found:
+            regions += _regions(config, proposal.mask, label, proposal.predicted_iou)
+        scores = [proposal.predicted_iou for proposal in found]
         score = float(np.mean(scores)) if scores else 0.0
         return TaskPrediction(result=regions, score=score, model_version=self.model_version)
 
-    async def _embedding(self, task: Task, config: LabelConfig) -> Embedding:
+    async def _embedding(self, task: Task, config: LabelConfig) -> tuple[str, Embedding]:
         reference = task.data.get(config.image_key)
         if not isinstance(reference, str) or not reference:
             raise InvalidRequestError(f"task {task.id}: data.{config.image_key} holds no image URL")
         if reference.startswith("data:"):  # the image itself: nothing to fetch or remember
             result = await self._state.embeddings.embed(self._inline(reference))
-            return result.embedding
+            return result.image_id, result.embedding
         image_id = await self._memory.get(reference)
         if image_id is not None:
             embedding = await self._state.embeddings.lookup(image_id)
             if embedding is not None:
-                return embedding  # nothing downloaded, nothing encoded
+                return image_id, embedding  # nothing downloaded, nothing encoded
         image = await self._download(self._url(reference, task.id))
         result = await self._state.embeddings.embed(image)
         await self._memory.put(reference, result.image_id)
-        return result.embedding
+        return result.image_id, result.embedding
 
     @staticmethod
     def _inline(reference: str) -> bytes:

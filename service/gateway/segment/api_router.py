@@ -17,7 +17,7 @@ router = APIRouter(tags=["segmentation"])
     response_model=SegmentResponse,
     response_model_exclude_none=True,
     operation_id="segment",
-    responses=error_responses(401, 404, 413, 422, 429, 503),
+    responses=error_responses(401, 404, 413, 422, 429, "503-decode"),
     summary="Masks for point and box prompts on one image",
     description=(
         "Send `image_id` (from `/embed`) or the image itself (base64). Each prompt gets "

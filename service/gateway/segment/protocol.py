@@ -16,6 +16,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from service.gateway.examples import EXAMPLE_IMAGE_BASE64, EXAMPLE_IMAGE_ID
+from service.gateway.mask_formats import MaskFormat
 from service.gateway.protocol_types import (
     BY_ID,
     IMAGE_ID_PATTERN,
@@ -101,7 +102,15 @@ class SegmentOptions(BaseModel):
         min_length=1, description="at most ESAM_MAX_PROMPTS (this document's maxItems)"
     )
     multimask: bool = Field(default=True, description="3 candidates per prompt; false: 1")
-    mask_format: Literal["rle", "png", "polygons", "none"] = "rle"
+    best_only: bool = Field(
+        default=False,
+        description=(
+            "with multimask: only the best of the three candidates by predicted IoU (what "
+            "SAM's demos show after one click), so no mask is upsampled or encoded that "
+            "nobody reads; ignored with multimask false (one candidate anyway)"
+        ),
+    )
+    mask_format: MaskFormat = "rle"
     return_logits: bool = False
 
     @model_validator(mode="after")

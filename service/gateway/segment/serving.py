@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.core.decoding import Candidate, DecodeRequest
+from service.core.decoders import Candidate, Candidates, DecodeRequest
 from service.core.embedding import Embedding
 from service.core.embeddings import SizeCheck
 from service.errors import EmbeddingNotFoundError, InvalidPromptError
 from service.gateway.images import decode_base64_image
+from service.gateway.mask_formats import mask_payloads
 from service.gateway.segment.protocol import (
     ById,
     CandidateOut,
@@ -39,7 +41,7 @@ def _prompt_arrays(request: SegmentRequest, width: int, height: int, img_size: i
     return prompts_to_arrays(prompts, width, height, img_size=img_size)
 
 
-def _candidate(candidate: Candidate) -> CandidateOut:
+def _candidate(candidate: Candidate, mask: Any) -> CandidateOut:
     logits = None
     if candidate.logits is not None:
         raw = np.ascontiguousarray(candidate.logits, dtype="<f4")
@@ -48,9 +50,15 @@ def _candidate(candidate: Candidate) -> CandidateOut:
         score=candidate.score,
         area=candidate.area,
         bbox=candidate.bbox,
-        mask=candidate.mask,
+        mask=mask,
         logits=logits,
     )
+
+
+def candidates_wanted(multimask: bool, best_only: bool) -> Candidates:
+    if not multimask:
+        return "single"
+    return "best" if best_only else "multimask"
 
 
 async def image_embedding(
@@ -88,19 +96,24 @@ async def segment(state: ServingState, request: SegmentRequest) -> SegmentRespon
     points, labels = arrays[-1]
     per_prompt = await state.decoder.segment(
         DecodeRequest(
+            image_id=image_id,
             embedding=embedding,
             points=points,
             labels=labels,
-            multimask=request.multimask,
-            mask_format=request.mask_format,
+            candidates=candidates_wanted(request.multimask, request.best_only),
             return_logits=request.return_logits,
         )
     )
+    flat = [c for cands in per_prompt for c in cands]
+    masks = iter(await mask_payloads([c.rle for c in flat], request.mask_format))
     return SegmentResponse(
         image_id=image_id,
         model=state.model_id,
         width=embedding.width,
         height=embedding.height,
         cached=cached,
-        results=[PromptResult(candidates=[_candidate(c) for c in cands]) for cands in per_prompt],
+        results=[
+            PromptResult(candidates=[_candidate(c, next(masks)) for c in cands])
+            for cands in per_prompt
+        ],
     )

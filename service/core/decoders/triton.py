@@ -1,0 +1,275 @@
+"""The mask decoder in Triton (``efficientsam_decoder``), embeddings resident on its device.
+
+Each click names its image (``<model id>/<image id>``) and sends only its prompts;
+the embedding (2 MiB in FP16) travels only when the decoder answers "not resident"
+(status 1: a new image, another endpoint after a failure, an eviction, a restarted
+Triton), and then once. Triton decodes the prompts of every request in one execution
+together and answers scores and COCO run lengths; here they become compressed RLE.
+
+Every call for one image goes to the endpoint rendezvous hashing picks for its id
+(``TritonEncoder.pick_for``: the same endpoints, breakers and probes as the encoder's),
+so its embedding stays where its clicks go. A call that cannot reach its endpoint is
+sent once to the next one in hash order within the same deadline (decoding is
+idempotent, and the embedding goes along when that one lacks it); a timeout is not
+retried. At most ``max_pending`` calls wait on Triton per gateway: beyond, 429 at once.
+
+Segment everything runs on the in-process decoder (``fallback``): its stability score
+needs every candidate's full-size logits, which this model does not return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+import tritonclient.http.aio as httpclient
+from numpy.typing import NDArray
+
+from service.core.circuit import Call
+from service.core.decoders.base import Candidate, DecodeRequest
+from service.core.decoders.local import LocalDecoder
+from service.core.embedding import EMBEDDING_SHAPE, Embedding
+from service.core.encoders.triton import (
+    TritonEndpoint,
+    UnreachableError,
+    message_of,
+    unreachable,
+)
+from service.core.encoders.triton_pool import TritonEncoder
+from service.core.everything import Box, EverythingParams, Proposal
+from service.core.metrics import Metrics
+from service.core.request_context import current_request_id
+from service.core.tracing import trace_headers, tracer
+from service.errors import DecoderUnavailableError, OverloadedError
+from service.model.masks import compress_rle, rle_area_bbox
+
+log = logging.getLogger(__name__)
+
+NOT_RESIDENT = 1
+#: prompts per Triton request (the model's max_prompts_per_request)
+PROMPTS_PER_REQUEST = 64
+_OUTPUTS = ("status", "scores", "rle_lengths", "rle_counts")
+_LOGITS = "low_res_logits"
+
+
+class TritonDecoder:
+    name = "triton"
+
+    def __init__(
+        self,
+        pool: TritonEncoder,
+        *,
+        model_id: str,
+        model_name: str,
+        timeout_s: float,
+        max_pending: int,
+        metrics: Metrics,
+        fallback: LocalDecoder,
+        owns_pool: bool,
+    ) -> None:
+        self._pool = pool
+        self._model_id = model_id
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self._max_pending = max_pending
+        self._pending = 0
+        self._metrics = metrics
+        self._fallback = fallback
+        self._owns_pool = owns_pool
+        self._module: Any = grpcclient if pool.protocol == "grpc" else httpclient
+
+    @property
+    def everything_jobs_running(self) -> int:
+        return self._fallback.everything_jobs_running
+
+    async def start(self) -> None:
+        if self._owns_pool:
+            await self._pool.start()
+
+    async def close(self) -> None:
+        await self._fallback.close()
+        if self._owns_pool:
+            await self._pool.close()
+
+    async def ready(self) -> bool:
+        return await self._pool.ready()
+
+    async def everything(
+        self, crops: Sequence[tuple[Box, Embedding]], params: EverythingParams
+    ) -> list[Proposal]:
+        return await self._fallback.everything(crops, params)
+
+    async def segment(self, request: DecodeRequest) -> list[list[Candidate]]:
+        n = len(request.points)
+        if self._pending >= self._max_pending:
+            self._metrics.decoder_errors.labels("overloaded").inc()
+            raise OverloadedError(
+                f"{self._pending} clicks already wait on the decoder (ESAM_MAX_PENDING_DECODES)"
+            )
+        self._pending += 1
+        start = time.perf_counter()
+        try:
+            with tracer.start_as_current_span("esam.decode") as span:
+                span.set_attributes({"esam.prompts": n, "esam.decoder": self.name})
+                chunks = [
+                    self._decode(request, first, min(first + PROMPTS_PER_REQUEST, n))
+                    for first in range(0, n, PROMPTS_PER_REQUEST)
+                ]
+                parts = await asyncio.gather(*chunks)
+        finally:
+            self._pending -= 1
+        self._metrics.decoder_duration.observe(time.perf_counter() - start)
+        self._metrics.decoder_prompts.inc(n)
+        return [prompt for part in parts for prompt in part]
+
+    # --- one Triton request ----------------------------------------------------------------
+    async def _decode(self, request: DecodeRequest, first: int, last: int) -> list[list[Candidate]]:
+        """Prompts ``first:last`` within the deadline, sent again once elsewhere."""
+        key = f"{self._model_id}/{request.image_id}"
+        deadline = time.monotonic() + self.timeout_s
+        tried: set[str] = set()
+        for attempt in (1, 2):
+            picked = self._pool.pick_for(request.image_id, avoid=tried)
+            if picked is None:
+                self._metrics.decoder_errors.labels("circuit_open").inc()
+                self._pool.probe_soon()
+                raise DecoderUnavailableError(
+                    "the decoder is unavailable (every Triton circuit is open after repeated "
+                    "failures)",
+                    retry_after_s=self._pool.retry_after_s(),
+                )
+            endpoint, call = picked
+            try:
+                result = await self._call(endpoint, call, key, request, first, last, deadline)
+            except UnreachableError as exc:
+                tried.add(endpoint.address)
+                if attempt == 1 and deadline - time.monotonic() > 0.1:
+                    log.info("decode: retrying elsewhere after %s", exc)
+                    continue
+                self._metrics.decoder_errors.labels("unreachable").inc()
+                raise DecoderUnavailableError(
+                    "the decoder (Triton) is unreachable", retry_after_s=self._pool.retry_after_s()
+                ) from exc
+            return self._candidates(result, request)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def _call(
+        self,
+        endpoint: TritonEndpoint,
+        call: Call,
+        key: str,
+        request: DecodeRequest,
+        first: int,
+        last: int,
+        deadline: float,
+    ) -> Any:
+        endpoint.outstanding += 1
+        try:
+            result = await self._infer(endpoint, key, request, first, last, None, deadline)
+            if int(result.as_numpy("status").reshape(-1)[0]) == NOT_RESIDENT:
+                self._metrics.decoder_embedding_sends.inc()
+                result = await self._infer(
+                    endpoint, key, request, first, last, request.embedding, deadline
+                )
+        except TimeoutError as exc:
+            call.failure()
+            self._metrics.decoder_errors.labels("timeout").inc()
+            raise DecoderUnavailableError(
+                f"the decoder did not answer within {self.timeout_s:g}s"
+            ) from exc
+        except Exception as exc:
+            if unreachable(exc):
+                endpoint.forget_model_check()
+                call.failure()
+                raise UnreachableError(f"{endpoint.address}: {type(exc).__name__}: {exc}") from exc
+            call.success()  # Triton answered, with an error about this request
+            self._metrics.decoder_errors.labels("request").inc()
+            log.warning("triton decoder at %s failed a request: %s", endpoint.address, exc)
+            raise DecoderUnavailableError(
+                f"the decoder failed on this request: {message_of(exc)}", retry_after_s=1
+            ) from exc
+        else:
+            call.success()
+            return result
+        finally:
+            endpoint.outstanding -= 1
+            call.abandon()
+
+    async def _infer(
+        self,
+        endpoint: TritonEndpoint,
+        key: str,
+        request: DecodeRequest,
+        first: int,
+        last: int,
+        embedding: Embedding | None,
+        deadline: float,
+    ) -> Any:
+        module = self._module
+        http = module is httpclient
+        options = {"binary_data": True} if http else {}
+        tensors: dict[str, NDArray[Any]] = {
+            "points": request.points[first:last][None].astype(np.float32, copy=False),
+            "labels": request.labels[first:last][None].astype(np.float32, copy=False),
+            "image_size": np.array(
+                [[request.embedding.height, request.embedding.width]], dtype=np.int32
+            ),
+        }
+        if embedding is not None:
+            tensors["embedding"] = embedding.array.reshape(EMBEDDING_SHAPE).astype(
+                np.float16, copy=False
+            )
+        inputs = []
+        for name, array in tensors.items():
+            datatype = {"float32": "FP32", "float16": "FP16", "int32": "INT32"}[array.dtype.name]
+            tensor = module.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array, **options)
+            inputs.append(tensor)
+        names = [*_OUTPUTS, _LOGITS] if request.return_logits else list(_OUTPUTS)
+        outputs = [module.InferRequestedOutput(name, **options) for name in names]
+        remaining = max(0.001, deadline - time.monotonic())
+        return await asyncio.wait_for(
+            endpoint.client.infer(
+                self.model_name,
+                inputs,
+                outputs=outputs,
+                parameters={"image": key, "candidates": request.candidates},
+                request_id=current_request_id(default=""),
+                headers=trace_headers() or None,
+            ),
+            remaining,
+        )
+
+    @staticmethod
+    def _candidates(result: Any, request: DecodeRequest) -> list[list[Candidate]]:
+        """Scores and run lengths → each prompt's candidates as compressed COCO RLE."""
+        height, width = request.embedding.height, request.embedding.width
+        scores = result.as_numpy("scores")[0]
+        lengths = result.as_numpy("rle_lengths")[0].astype(np.int64)
+        counts = result.as_numpy("rle_counts")[0]
+        logits = result.as_numpy(_LOGITS)[0] if request.return_logits else None
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        per_prompt = []
+        for n, prompt_scores in enumerate(scores):
+            candidates = []
+            for k, score in enumerate(prompt_scores):
+                index = n * len(prompt_scores) + k
+                runs = counts[bounds[index] : bounds[index + 1]].tolist()
+                rle = compress_rle(runs, height, width)
+                area, bbox = rle_area_bbox(rle)
+                candidates.append(
+                    Candidate(
+                        score=float(score),
+                        area=area,
+                        bbox=bbox,
+                        rle=rle,
+                        logits=None if logits is None else np.asarray(logits[n, k], np.float32),
+                    )
+                )
+            per_prompt.append(candidates)
+        return per_prompt

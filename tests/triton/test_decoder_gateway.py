@@ -1,0 +1,176 @@
+"""ESAM_DECODER=triton: the gateway's clicks decoded by efficientsam_decoder in a real
+Triton, against the in-process decoder's answers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.devtools.triton import LocalTriton
+from service.devtools.triton_config import DECODER
+from tests.conftest import Fixture
+from tests.gateway.fixtures import Gateway, GatewayFactory
+from tests.gateway.test_segment import decode_logits, fixture_prompts, rle_mask
+from tests.model.conformance import mask_iou
+from tests.triton.fixtures import start_triton
+
+JPEG = {"Content-Type": "image/jpeg"}
+
+
+async def upload(gw: Gateway, image: bytes) -> str:
+    response = await gw.client.post("/embed", content=image, headers=JPEG)
+    assert response.status_code == 200, response.text
+    image_id: str = response.json()["image_id"]
+    return image_id
+
+
+async def click(gw: Gateway, image_id: str, prompts: list[dict[str, Any]], **options: Any) -> Any:
+    body = {"image_id": image_id, "prompts": prompts, **options}
+    response = await gw.client.post("/segment", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def sends(gw: Gateway) -> float:
+    return gw.metric("esam_decoder_embedding_sends_total")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_clicks_equal_the_local_decoders_and_send_the_embedding_once(
+    gateway_factory: GatewayFactory,
+    triton: LocalTriton,
+    fixture: Fixture,
+    image_bytes: bytes,
+    protocol: str,
+) -> None:
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+    prompts = fixture_prompts(fixture)
+    async with gateway_factory() as local:
+        want = await click(local, await upload(local, image_bytes), prompts, return_logits=True)
+    # a fresh key prefix per gateway, but the decoder's cache is keyed by model and image:
+    # another test may have made this image resident already, so count from here
+    async with gateway_factory(encoder="triton", decoder="triton", triton_url=url) as gw:
+        assert gw.state.decoder.name == "triton"
+        image_id = await upload(gw, image_bytes)
+        before = sends(gw)
+        got = await click(gw, image_id, prompts, return_logits=True)
+        assert sends(gw) - before <= 1  # at most once: the first click of a new image
+        for mine, theirs in zip(got["results"], want["results"], strict=True):
+            assert len(mine["candidates"]) == len(theirs["candidates"]) == 3
+            for a, b in zip(mine["candidates"], theirs["candidates"], strict=True):
+                assert abs(a["score"] - b["score"]) <= 1e-4
+                assert mask_iou(rle_mask(a), rle_mask(b)) >= 0.99
+                assert a["mask"]["size"] == [603, 1072]
+                assert abs(a["area"] - b["area"]) <= 0.01 * max(b["area"], 1)
+                assert np.abs(decode_logits(a) - decode_logits(b)).max() < 1e-3
+        # resident now: more clicks, no embedding sent
+        settled = sends(gw)
+        for _ in range(3):
+            await click(gw, image_id, prompts[:1], mask_format="none")
+        assert sends(gw) == settled
+        # best_only and single through Triton too
+        best = await click(gw, image_id, prompts, best_only=True)
+        for one, three in zip(best["results"], got["results"], strict=True):
+            (kept,) = one["candidates"]
+            assert kept["score"] == max(c["score"] for c in three["candidates"])
+        single = await click(gw, image_id, prompts, multimask=False, mask_format="png")
+        assert all(len(r["candidates"]) == 1 for r in single["results"])
+        assert all(isinstance(r["candidates"][0]["mask"], str) for r in single["results"])
+
+
+async def test_the_local_encoder_with_the_triton_decoder(
+    gateway_factory: GatewayFactory, triton: LocalTriton, fixture: Fixture, image_bytes: bytes
+) -> None:
+    """ESAM_ENCODER=local, ESAM_DECODER=triton: the decoder gets a pool of its own."""
+    async with gateway_factory(decoder="triton", triton_url=triton.grpc_url) as gw:
+        assert (await gw.client.get("/readyz")).status_code == 200
+        image_id = await upload(gw, image_bytes)
+        answer = await click(gw, image_id, fixture_prompts(fixture)[:2])
+        assert [len(r["candidates"]) for r in answer["results"]] == [3, 3]
+
+
+async def test_clicks_of_many_images_share_decoder_executions(
+    gateway_factory: GatewayFactory, triton: LocalTriton, fixture: Fixture
+) -> None:
+    from tests.gateway.test_errors import png_bytes
+
+    images = [png_bytes(seed=900 + i) for i in range(6)]
+    prompt = [{"points": [[20, 20]], "labels": [1]}]
+    async with gateway_factory(
+        encoder="triton", decoder="triton", triton_url=triton.grpc_url, max_pending_encodes=64
+    ) as gw:
+        ids = await asyncio.gather(*(upload(gw, image) for image in images))
+        await asyncio.gather(*(click(gw, i, prompt) for i in ids))  # resident
+        requests = triton.counter("nv_inference_count", DECODER)
+        executions = triton.counter("nv_inference_exec_count", DECODER)
+        await asyncio.gather(*(click(gw, i, prompt) for i in ids for _ in range(3)))
+        requests = triton.counter("nv_inference_count", DECODER) - requests
+        executions = triton.counter("nv_inference_exec_count", DECODER) - executions
+        assert requests == 18
+        assert executions < requests
+
+
+async def test_a_triton_restart_under_clicks_fails_none(
+    gateway_factory: GatewayFactory, fixture: Fixture, image_bytes: bytes, tmp_path: Path
+) -> None:
+    """The restart loses residency; the next click sends the embedding again."""
+    server = start_triton(tmp_path, fixture.checkpoint, decoder=True)
+    prompts = fixture_prompts(fixture)[:1]
+    try:
+        async with gateway_factory(
+            encoder="triton", decoder="triton", triton_url=server.grpc_url, decode_timeout_s=60
+        ) as gw:
+            image_id = await upload(gw, image_bytes)
+            first = await click(gw, image_id, prompts)
+            assert sends(gw) == 1
+            clicking = True
+            answers: list[int] = []
+
+            async def annotator() -> None:
+                while clicking:
+                    body = {"image_id": image_id, "prompts": prompts, "mask_format": "none"}
+                    response = await gw.client.post("/segment", json=body)
+                    answers.append(response.status_code)
+                    await asyncio.sleep(0.05)
+
+            task = asyncio.create_task(annotator())
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(server.stop)
+            down = await gw.client.post("/segment", json={"image_id": image_id, "prompts": prompts})
+            await asyncio.to_thread(server.start)
+            await asyncio.sleep(1.0)
+            clicking = False
+            await task
+            again = await click(gw, image_id, prompts)
+            assert again["results"] == first["results"]
+            assert sends(gw) >= 2  # residency was lost with the restart, and re-sent
+            # while Triton was down: 503 with Retry-After; no click ever failed otherwise
+            assert down.status_code == 503, down.text
+            assert down.json()["error"]["code"] == "decoder_unavailable"
+            assert int(down.headers["Retry-After"]) >= 1
+            assert set(answers) <= {200, 503}
+            assert answers[-1] == 200
+    finally:
+        server.stop()
+
+
+async def test_a_full_decoder_queue_answers_429_at_once(
+    gateway_factory: GatewayFactory, triton: LocalTriton, fixture: Fixture, image_bytes: bytes
+) -> None:
+    prompts = fixture_prompts(fixture)
+    async with gateway_factory(
+        encoder="triton", decoder="triton", triton_url=triton.grpc_url, max_pending_decodes=1
+    ) as gw:
+        image_id = await upload(gw, image_bytes)
+        body = {"image_id": image_id, "prompts": prompts}
+        responses = await asyncio.gather(*(gw.client.post("/segment", json=body) for _ in range(4)))
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses[0] == 200, statuses
+        assert statuses[-1] == 429, statuses
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert int(refused.headers["Retry-After"]) >= 1
