@@ -9,7 +9,11 @@
 3. segment everything on one embedding with the decoder on the GPU: the 16×16, 32×32
    and 64×64 grids (the goal: 32×32 in < 150 ms on an H100), SAM's default thresholds
    and lenient ones (every candidate upsampled and scored);
-4. one JSON and one Markdown table in ``--out`` (default ``build/bench/gpu``).
+4. clicks on ``efficientsam_decoder`` in the same tritonserver (production GPU config,
+   embeddings resident): one point, multimask, 1080p masks as run lengths, each request
+   for one of 64 resident images, at concurrency 1, 16, 64, 256: prompts/s, p50/p99,
+   requests per execution (goals on an H100: ≥ 30,000 prompts/s, p99 ≤ 25 ms at 64);
+5. one JSON and one Markdown table in ``--out`` (default ``build/bench/gpu``).
 
 ``--dry-run`` runs the same path on the CPU, small (Ti, fp32, batch 1 and 2, the CPU
 configurations, concurrency 1 and 2, a 2×2 grid): a check that the script works, in CI.
@@ -43,7 +47,7 @@ from service.devtools.benchmarking import (
 )
 from service.devtools.redis_server import free_port
 from service.devtools.triton import LocalTriton
-from service.devtools.triton_config import ENSEMBLE, MODEL
+from service.devtools.triton_config import DECODER, ENSEMBLE, MODEL
 from service.model import Precision, Variant, random_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,6 +148,71 @@ async def triton_rows(
     return rows
 
 
+def click_inputs(module: Any, index: int, embedding: np.ndarray | None = None) -> list[Any]:
+    """One click on a 1080p image (model-frame point), as the gateway sends it."""
+    x, y = 100 + (index * 37) % 800, 100 + (index * 53) % 800
+    tensors: dict[str, np.ndarray] = {
+        "points": np.array([[[[x, y]]]], dtype=np.float32),
+        "labels": np.ones((1, 1, 1), dtype=np.float32),
+        "image_size": np.array([[1080, 1920]], dtype=np.int32),
+    }
+    if embedding is not None:
+        tensors["embedding"] = embedding
+    inputs = []
+    for name, array in tensors.items():
+        kind = {"float32": "FP32", "float16": "FP16", "int32": "INT32"}[array.dtype.name]
+        tensor = module.InferInput(name, list(array.shape), kind)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+async def decoder_rows(
+    server: LocalTriton, levels: list[int], per_level: int, images: int
+) -> list[dict[str, Any]]:
+    """Clicks of ``images`` resident images on efficientsam_decoder at each concurrency."""
+    import tritonclient.grpc.aio as grpcclient
+
+    outputs = [
+        grpcclient.InferRequestedOutput(n)
+        for n in ("status", "scores", "rle_lengths", "rle_counts")
+    ]
+    rng = np.random.default_rng(0)
+    rows = []
+    async with grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://")) as client:
+
+        async def click(index: int, embedding: np.ndarray | None = None) -> None:
+            result = await client.infer(
+                DECODER,
+                click_inputs(grpcclient, index, embedding),
+                outputs=outputs,
+                parameters={"image": f"bench/{index % images}", "candidates": "multimask"},
+            )
+            if int(result.as_numpy("status").reshape(-1)[0]) != 0:
+                raise RuntimeError(f"image {index % images} is not resident")
+
+        for i in range(images):  # resident first (2 MiB each in FP16)
+            await click(i, rng.standard_normal((1, 256, 64, 64)).astype(np.float16))
+        for c in levels:
+            n = max(per_level, 4 * c)
+            requests = server.counter("nv_inference_count", DECODER)
+            executions = server.counter("nv_inference_exec_count", DECODER)
+            wall, latencies = await drive(click, n, c)
+            requests = server.counter("nv_inference_count", DECODER) - requests
+            executions = server.counter("nv_inference_exec_count", DECODER) - executions
+            row = {
+                "concurrency": c,
+                "requests": n,
+                "prompts_per_s": round(n / wall, 1),
+                "p50_ms": round(float(np.percentile(latencies, 50)) * 1e3, 1),
+                "p99_ms": round(float(np.percentile(latencies, 99)) * 1e3, 1),
+                "requests_per_execution": round(requests / max(executions, 1), 2),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# bench/gpu.py {'(dry run, CPU)' if result['dry_run'] else ''}",
@@ -183,6 +252,19 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['grid']}×{r['grid']} | {r['thresholds']} | {r['ms']:.0f} | {r['masks']} |"
         )
+    lines += [
+        "",
+        "Clicks on efficientsam_decoder (embeddings resident; one point, multimask, 1080p "
+        "masks as run lengths; gRPC):",
+        "",
+        "| concurrency | requests | prompts/s | p50 ms | p99 ms | requests per execution |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["decoder"]:
+        lines.append(
+            f"| {r['concurrency']} | {r['requests']} | {r['prompts_per_s']:.1f} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['requests_per_execution']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -216,12 +298,20 @@ def main() -> int:
             log_path=Path(workdir) / "tritonserver.log",
             gpu=not args.dry_run,
             max_batch=2 if args.dry_run else 32,
+            decoder=True,
+            decoder_resident_bytes=1 << 30,
         )
         server.start(timeout_s=300)
         try:
             levels = [1, 2] if args.dry_run else [1, 4, 16, 64]
             per_level = 2 if args.dry_run else 128
             result["triton"] = asyncio.run(triton_rows(server, levels, per_level))
+            click_levels = [1, 2] if args.dry_run else [1, 16, 64, 256]
+            result["decoder"] = asyncio.run(
+                decoder_rows(
+                    server, click_levels, 4 if args.dry_run else 2048, 2 if args.dry_run else 64
+                )
+            )
         finally:
             server.stop()
     result["seconds"] = round(time.monotonic() - start, 1)

@@ -84,6 +84,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.decoder_sent_bytes = Counter(
+            "esam_decoder_sent_bytes_total",
+            "Bytes of input tensors sent to the Triton decoder (prompts; embeddings when not "
+            "resident).",
+            registry=r,
+        )
         self.decoder_embedding_sends = Counter(
             "esam_decoder_embedding_sends_total",
             "Triton decoder calls repeated with the embedding (the image was not resident).",

@@ -65,6 +65,7 @@ def prepare(
     stand_in_encoder: bool = False,
     decoder: bool = False,
     decoder_resident_bytes: int = 256 << 20,
+    decoder_max_batch: int = 8,
 ) -> tuple[Path, Path]:
     """Write the CPU model repository and a backends folder with the Python stub.
 
@@ -113,7 +114,11 @@ def prepare(
             model_dir,
             ignore=shutil.ignore_patterns("__pycache__", "config.pbtxt", "configs"),
         )
-        text = decoder_cpu_config(checkpoint=checkpoint, resident_bytes=decoder_resident_bytes)
+        text = decoder_cpu_config(
+            checkpoint=checkpoint,
+            resident_bytes=decoder_resident_bytes,
+            max_batch=decoder_max_batch,
+        )
         if gpu:
             text = (SOURCE_REPOSITORY / DECODER / "config.pbtxt").read_text()
             text = text.replace("/weights/efficient_sam_vitt.pt", checkpoint)
@@ -180,6 +185,7 @@ class LocalTriton:
     stand_in_encoder: bool = False
     decoder: bool = False
     decoder_resident_bytes: int = 256 << 20
+    decoder_max_batch: int = 8
     log_verbose: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _prepared: tuple[Path, Path] | None = field(default=None, init=False)
@@ -212,6 +218,7 @@ class LocalTriton:
                 stand_in_encoder=self.stand_in_encoder,
                 decoder=self.decoder,
                 decoder_resident_bytes=self.decoder_resident_bytes,
+                decoder_max_batch=self.decoder_max_batch,
             )
         repository, backends = self._prepared
         env = server_environment()

@@ -15,6 +15,7 @@ from pycocotools import mask as coco_mask
 from service.model.masks import (
     Polygon,
     compress_rle,
+    counts_area_bbox,
     encode_png,
     encode_rle,
     mask_to_polygons,
@@ -167,8 +168,26 @@ def test_run_lengths_are_pycocotools_own() -> None:
         runs = torch.split(counts, lengths.tolist())
         for mask, own in zip(masks, runs, strict=True):
             oracle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
-            assert compress_rle(own.tolist(), height, width)["counts"] == oracle["counts"].decode()
+            # pycocotools' own compression of these run lengths, and its area and box
+            theirs = coco_mask.frPyObjects(
+                {"size": [height, width], "counts": own.tolist()}, height, width
+            )
+            assert theirs["counts"] == oracle["counts"]
+            ours = compress_rle(own.numpy(), height, width)
+            assert ours["counts"] == oracle["counts"].decode()
+            area, bbox = counts_area_bbox(own.numpy(), height)
+            assert area == int(coco_mask.area(oracle)) == int(mask.sum())
+            assert bbox == [float(v) for v in coco_mask.toBbox(oracle)]
             assert int(own.sum()) == height * width
+    # counts of every size: long runs (several 5-bit groups), negative differences
+    big = np.zeros((3000, 4000), dtype=bool)
+    big[5:2990, 7:3990] = True
+    big[::7, ::3] = False
+    big[-1, -1] = True
+    _, counts = run_lengths(torch.from_numpy(big)[None])
+    oracle = coco_mask.encode(np.asfortranarray(big, dtype=np.uint8))
+    assert compress_rle(counts.numpy(), 3000, 4000)["counts"] == oracle["counts"].decode()
+    assert counts_area_bbox(counts.numpy(), 3000)[1] == [float(v) for v in coco_mask.toBbox(oracle)]
     ring = torch.from_numpy(ring_mask())[None]
     _, counts = run_lengths(ring)
     decoded = coco_mask.decode(

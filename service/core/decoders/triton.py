@@ -46,7 +46,7 @@ from service.core.metrics import Metrics
 from service.core.request_context import current_request_id
 from service.core.tracing import trace_headers, tracer
 from service.errors import DecoderUnavailableError, OverloadedError
-from service.model.masks import compress_rle, rle_area_bbox
+from service.model.masks import compress_rle, counts_area_bbox
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,7 @@ class TritonDecoder:
             tensor = module.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array, **options)
             inputs.append(tensor)
+        self._metrics.decoder_sent_bytes.inc(sum(a.nbytes for a in tensors.values()))
         names = [*_OUTPUTS, _LOGITS] if request.return_logits else list(_OUTPUTS)
         outputs = [module.InferRequestedOutput(name, **options) for name in names]
         remaining = max(0.001, deadline - time.monotonic())
@@ -259,9 +260,9 @@ class TritonDecoder:
             candidates = []
             for k, score in enumerate(prompt_scores):
                 index = n * len(prompt_scores) + k
-                runs = counts[bounds[index] : bounds[index + 1]].tolist()
+                runs = counts[bounds[index] : bounds[index + 1]]
                 rle = compress_rle(runs, height, width)
-                area, bbox = rle_area_bbox(rle)
+                area, bbox = counts_area_bbox(runs, height)
                 candidates.append(
                     Candidate(
                         score=float(score),
