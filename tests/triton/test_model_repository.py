@@ -209,6 +209,7 @@ def test_the_shipped_repository_starts_with_the_image_command(
         index = httpx.post(f"http://127.0.0.1:{http_port}/v2/repository/index").json()
         states = {m["name"]: m.get("state") for m in index}
         assert states[ENSEMBLE] == states[PREPROCESS] == states[MODEL] == "READY"
+        assert states["efficientsam_decoder"] == "READY"  # the clicks' model, loaded too
         assert states.get("efficientsam_encoder_onnx") != "READY"  # listed, never loaded
     finally:
         if process.poll() is None:
