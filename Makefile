@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity bench-precompute bench-ui-decoder bench-brush-rle ui-assets clean
+.PHONY: install serve test test-fast chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity bench-clicks bench-precompute bench-ui-decoder bench-brush-rle ui-assets clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ serve: $(STAMP)  ## run the gateway on the embedded default (in-process encoder,
 
 test: $(STAMP) chromium ui-assets  ## the whole test suite
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  ## the inner loop: every test not marked slow (no Triton, Label Studio, browser, gateway process)
+	$(BIN)/python -m pytest -m "not slow"
 
 # the /docs test drives a real browser: Debian's chromium (Playwright uses it and downloads none)
 chromium:
@@ -93,6 +96,9 @@ bench-gpu-dry-run: $(STAMP)  ## the same path on the CPU, small (< 2 minutes; CI
 
 bench-memory: $(STAMP)  ## peak memory of decoding a 50 MP PNG and 8 concurrent 12 MP JPEGs, before/after
 	$(BIN)/python bench/decode_memory.py
+
+bench-clicks: $(STAMP)  ## gateway CPU per click: local decoder vs efficientsam_decoder in a local Triton
+	$(BIN)/python bench/clicks.py
 
 bench-precompute: $(STAMP)  ## esam embed over 200 images at concurrency 1 and 8, then again (nothing sent)
 	$(BIN)/python bench/precompute.py

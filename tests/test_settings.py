@@ -44,6 +44,7 @@ def run_service(env: dict[str, str], timeout: float = 60) -> subprocess.Complete
         ({"ESAM_EMBEDDING_DTYPE": "int8"}, "ESAM_EMBEDDING_DTYPE"),
     ],
 )
+@pytest.mark.slow
 def test_bad_setting_stops_start_up_with_one_line(env: dict[str, str], named: str) -> None:
     result = run_service(env)
     assert result.returncode == 2
@@ -60,6 +61,7 @@ def test_bad_setting_stops_start_up_with_one_line(env: dict[str, str], named: st
         ("ESAM_ENCODER_QUEUE_SIZE", "ESAM_MAX_PENDING_ENCODES"),  # folded into it
     ],
 )
+@pytest.mark.slow
 def test_unknown_variable_stops_start_up_naming_the_closest(variable: str, suggested: str) -> None:
     result = run_service({variable: "3"})
     assert result.returncode == 2
@@ -99,6 +101,7 @@ def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "aaaa" not in repr(settings)  # keys never appear in logs of the settings
 
 
+@pytest.mark.slow
 def test_no_checkpoint_and_no_download_explains_what_to_do(tmp_path: Path) -> None:
     result = run_service(
         {

@@ -32,6 +32,8 @@ from pycocotools import mask as mask_utils
 from service.devtools.gateway_process import GatewayProcess
 from tests.conftest import Fixture
 
+pytestmark = pytest.mark.slow  # a gateway process: not in `make test-fast`
+
 KEY = "client-test-key-0123456789"
 
 
@@ -280,3 +282,110 @@ def test_esam_segment_and_everything_write_coco(gateway: GatewayProcess, tmp_pat
     found = json.loads(everything.read_text())
     assert found["annotations"]
     assert {a["image_id"] for a in found["annotations"]} == {1}
+
+
+def test_every_option_says_what_it_does_and_where_url_and_key_come_from() -> None:
+    from esam_client.cli import _parser
+
+    parser = _parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    assert set(subparsers.choices) == {"embed", "segment", "everything"}  # type: ignore[arg-type]
+    for name, command in subparsers.choices.items():  # type: ignore[union-attr]
+        for action in command._actions:
+            assert action.help, f"esam {name} {action.option_strings or action.dest}: no help"
+        text = " ".join(command.format_help().split())  # argparse wraps lines
+        assert "$ESAM_URL" in text, name
+        assert "$ESAM_API_KEY" in text, name
+        assert "prefer the environment" in text, name  # a key in argv shows in ps
+    embed_help = subparsers.choices["embed"].format_help()  # type: ignore[index]
+    assert "standard input" in embed_help
+    assert "--from-file" in embed_help
+
+
+def test_esam_embed_reads_paths_from_standard_input_and_a_file(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    images = []
+    for n in range(4):
+        images.append(tmp_path / f"listed{n}.png")
+        images[-1].write_bytes(png(300 + n))
+    listing = tmp_path / "more.txt"
+    listing.write_text(f"{images[3]}\n\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "esam_client.cli", "embed", "-", "--from-file", str(listing)],
+        input="\n".join(str(p) for p in images[:3]) + "\n",
+        env={**_env(), "ESAM_URL": gateway.url, "ESAM_API_KEY": KEY},  # url and key from env
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout.splitlines()[-1])
+    assert (summary["images"], summary["uploaded"], summary["failed"]) == (4, 4, [])
+    # not a terminal: one plain line (rate and counts), no redraws
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert "4/4" in lines[0]
+    assert "\r" not in run.stderr
+    assert "0 failed" in lines[0]
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("ESAM_")}
+
+
+def test_esam_embed_draws_a_bar_with_the_time_left_on_a_terminal(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    import os
+    import pty
+    import re
+
+    for n in range(6):
+        (tmp_path / f"tty{n}.png").write_bytes(png(400 + n))
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    # a terminal 120 columns wide, as a real one has a size
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    chunks: list[bytes] = []
+
+    def read_screen() -> None:  # as a terminal does, while the command runs
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the other end is closed: all read
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read_screen, daemon=True)
+    reader.start()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "esam_client.cli", "embed", str(tmp_path), "--concurrency", "1"],
+            env={**_env(), "ESAM_URL": gateway.url, "ESAM_API_KEY": KEY},
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+        )
+        stdout, _ = process.communicate(timeout=600)
+        os.close(follower)
+        reader.join(10)
+    finally:
+        os.close(leader)
+    drawn = b"".join(chunks)
+    assert process.returncode == 0
+    assert json.loads(stdout.splitlines()[-1])["uploaded"] == 6  # the summary, unchanged
+    screen = drawn.decode(errors="replace")
+    assert "\r" in screen  # one line, redrawn
+    assert "6/6" in screen
+    assert "|" in screen  # the bar
+    # tqdm's elapsed<remaining and the rate
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d, +[\d.]+ ?(img/s|s/img)", screen), screen

@@ -10,6 +10,9 @@ from playwright.sync_api import Route, sync_playwright
 from service.devtools.gateway_process import GatewayProcess
 from tests.conftest import Fixture
 
+# a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`
+pytestmark = pytest.mark.slow
+
 KEY = "docs-test-key-0123456789"
 
 

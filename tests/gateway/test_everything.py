@@ -38,6 +38,7 @@ async def embed(gateway: Gateway, image_bytes: bytes) -> str:
     return image_id
 
 
+@pytest.mark.slow
 async def test_reproduces_the_fixture(
     gateway_factory: GatewayFactory,
     image_bytes: bytes,
@@ -69,6 +70,7 @@ async def test_reproduces_the_fixture(
     assert ious == sorted(ious, reverse=True)
 
 
+@pytest.mark.slow
 async def test_nms_at_0_7_keeps_only_the_top_mask(
     gateway_factory: GatewayFactory,
     image_bytes: bytes,
@@ -88,6 +90,7 @@ async def test_nms_at_0_7_keeps_only_the_top_mask(
     assert only["point"] == pytest.approx(expected["point_coords"][0].tolist())
 
 
+@pytest.mark.slow
 async def test_image_in_the_body_and_every_mask_format(
     gateway: Gateway, image_bytes: bytes
 ) -> None:
@@ -156,6 +159,7 @@ async def test_crops_of_a_one_pixel_image(gateway: Gateway) -> None:
     assert gateway.metric("esam_decoder_prompts_total") == 4**2  # one grid, not three
 
 
+@pytest.mark.slow
 async def test_crops_embed_each_region_through_the_cache(
     gateway: Gateway, image_bytes: bytes
 ) -> None:
@@ -242,6 +246,7 @@ async def test_exactly_one_image_and_unknown_ids(gateway: Gateway, image_bytes: 
     assert response.json()["error"]["code"] == "embedding_not_found"
 
 
+@pytest.mark.slow
 async def test_a_second_job_gets_429_at_once_while_one_runs(
     gateway: Gateway, image_bytes: bytes
 ) -> None:

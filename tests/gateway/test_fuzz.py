@@ -23,6 +23,9 @@ import pytest
 from service.devtools.gateway_process import REPO, GatewayProcess
 from tests.conftest import Fixture
 
+# a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`
+pytestmark = pytest.mark.slow
+
 SEED = "20261129"
 MAX_EXAMPLES = 30  # per operation in the fuzzing phase; the run is deterministic
 KEY = "fuzz-key-0123456789abcdef"

@@ -16,10 +16,14 @@ import textwrap
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.devtools.gateway_process import REPO, GatewayProcess
 from tests.conftest import Fixture
 from tests.gateway.test_errors import png_bytes
+
+# a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`
+pytestmark = pytest.mark.slow
 
 GENERATOR = "openapi-python-client==0.29.1"
 VENV = REPO / "build" / "openapi-python-client"

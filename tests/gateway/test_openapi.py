@@ -57,6 +57,7 @@ def _success_status(operation: dict[str, Any]) -> int:
     return status
 
 
+@pytest.mark.slow
 async def test_every_example_in_the_document_is_accepted(
     gateway_factory: GatewayFactory,
 ) -> None:
@@ -134,6 +135,7 @@ async def test_the_document_states_this_deployments_limits(
     assert document["paths"]["/healthz"]["get"]["security"] == []
 
 
+@pytest.mark.slow
 async def test_a_grid_left_out_is_the_densest_the_deployment_allows(
     gateway_factory: GatewayFactory,
 ) -> None:

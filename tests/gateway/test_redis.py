@@ -96,6 +96,7 @@ async def test_two_replicas_encode_a_new_image_once(
         assert waits >= 1
 
 
+@pytest.mark.slow
 async def test_redis_outage_is_survived_and_recovered(
     gateway_factory: GatewayFactory, private_redis: RedisServer
 ) -> None:
@@ -201,6 +202,7 @@ async def test_delete_is_503_when_redis_cannot_confirm_it(
         assert int(response.headers["Retry-After"]) >= 1
 
 
+@pytest.mark.slow
 async def test_missed_deletes_clear_the_local_tier_after_an_outage(
     gateway_factory: GatewayFactory, private_redis: RedisServer
 ) -> None:
@@ -233,6 +235,7 @@ async def test_missed_deletes_clear_the_local_tier_after_an_outage(
         assert gw.metric("esam_cache_invalidations_total", {"source": "resync"}) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.real_encoder  # the encodes must overlap
 async def test_an_encode_longer_than_the_lock_ttl_keeps_its_lock(
     gateway_factory: GatewayFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch

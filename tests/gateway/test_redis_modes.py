@@ -14,6 +14,9 @@ from tests.gateway.fixtures import GatewayFactory
 from tests.gateway.test_errors import png_bytes
 from tests.gateway.test_redis import embed, segment_status
 
+# a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def redis_cluster(tmp_path: Path) -> Iterator[LocalRedisCluster]:

@@ -138,6 +138,7 @@ def test_outgoing_calls_carry_the_w3c_traceparent(spans: InMemorySpanExporter) -
     assert int(flags, 16) & 1  # sampled
 
 
+@pytest.mark.slow
 def test_console_exporter_and_json_logs_of_a_real_process(
     fixture: Fixture, image_bytes: bytes, tmp_path: Path
 ) -> None:

@@ -18,6 +18,9 @@ from service.model import EfficientSam
 from tests.gateway.fixtures import GatewayFactory
 from tests.gateway.test_errors import assert_error, png_bytes
 
+# a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`
+pytestmark = pytest.mark.slow
+
 KEY = "ui-decoder-key-0123456789"
 INSTALLED = REPO / "build" / "ui-assets"
 

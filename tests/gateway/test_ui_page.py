@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 from playwright.sync_api import Page, Route, expect, sync_playwright
 from pycocotools import mask as mask_utils
@@ -29,6 +30,9 @@ from service.gateway.ui.browser_decoder import available
 from tests.conftest import Fixture
 from tests.gateway.test_docs_page import chromium_path
 from tests.model.conformance import mask_iou
+
+# a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`
+pytestmark = pytest.mark.slow
 
 KEY = "ui-test-key-0123456789"
 ARTIFACTS = REPO / "build" / "test-artifacts"
@@ -63,7 +67,11 @@ def agreement(alpha: np.ndarray, mask: np.ndarray) -> float:
 
 
 @contextmanager
-def demo_page(gateway: GatewayProcess) -> Iterator[tuple[Page, list[str]]]:
+def demo_page(
+    gateway: GatewayProcess,
+    viewport: tuple[int, int] = (1400, 900),
+    device_scale_factor: float = 1,
+) -> Iterator[tuple[Page, list[str]]]:
     """A headless chromium page whose requests are recorded; any that would leave the
     gateway is refused."""
     requested: list[str] = []
@@ -71,7 +79,9 @@ def demo_page(gateway: GatewayProcess) -> Iterator[tuple[Page, list[str]]]:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         try:
             context = browser.new_context(
-                accept_downloads=True, viewport={"width": 1400, "height": 900}
+                accept_downloads=True,
+                viewport={"width": viewport[0], "height": viewport[1]},
+                device_scale_factor=device_scale_factor,
             )
             page = context.new_page()
 
@@ -249,3 +259,73 @@ def test_click_to_mask_decoded_in_the_browser(fixture: Fixture, tmp_path: Path) 
         assert agreement(alpha, box_mask.astype(bool)) > 0.99
     assert all(url.startswith(gateway.url + "/") for url in requested), requested
     assert any(url.endswith("/ui/ort/ort-wasm-simd-threaded.wasm") for url in requested)
+
+
+def canvas_geometry(page: Page) -> dict[str, float]:
+    """The image canvas's place on screen (CSS pixels) and its backing store's size."""
+    box = page.locator("#image").bounding_box()
+    assert box is not None
+    backing = page.eval_on_selector("#image", "c => [c.width, c.height]")
+    return {**box, "backing_width": backing[0], "backing_height": backing[1]}
+
+
+def test_the_page_as_a_person_sees_it_on_a_hidpi_screen(fixture: Fixture, tmp_path: Path) -> None:
+    """What is visible, not only what is in the DOM: the drop hint goes once an image is
+    shown, the image fits the window (and fits again when the window shrinks) at the
+    screen's pixel density, the status lines say what happened. Screenshots are kept in
+    build/test-artifacts/ for a person to look at."""
+    settings = {
+        "ESAM_CHECKPOINT": str(fixture.checkpoint),
+        "ESAM_UI_ASSETS_DIR": str(tmp_path / "no-assets"),
+    }
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with (
+        GatewayProcess(settings) as gateway,
+        demo_page(gateway, viewport=(1280, 900), device_scale_factor=2) as (page, _),
+    ):
+        page.goto(f"{gateway.url}/ui")
+        hint = page.locator("#drop-hint")
+        expect(hint).to_be_visible()
+        expect(page.locator("#status")).to_have_text("No image yet.")
+        page.set_input_files("#file", str(fixture.image_path))
+        expect(page.locator("#status")).to_contain_text("click the image", timeout=SLOW_MS)
+        expect(hint).to_be_hidden()  # hidden, and not shown through a CSS display rule
+        assert page.eval_on_selector("#drop-hint", "e => getComputedStyle(e).display") == "none"
+
+        geometry = canvas_geometry(page)
+        assert geometry["x"] >= 0
+        assert geometry["y"] >= 0
+        assert geometry["x"] + geometry["width"] <= 1280
+        assert geometry["y"] + geometry["height"] <= 900  # the whole image on screen
+        # as wide as the stage allows and never enlarged, drawn with 2 device pixels per pixel
+        room = page.eval_on_selector("#stage", "e => e.clientWidth - 4")
+        assert abs(geometry["width"] - min(1072, room)) <= 1
+        assert abs(geometry["width"] / geometry["height"] - 1072 / 603) < 0.01
+        assert abs(geometry["backing_width"] - 2 * geometry["width"]) <= 2
+        assert abs(geometry["backing_height"] - 2 * geometry["height"]) <= 2
+
+        box = page.locator("#marks").bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5)
+        expect(page.locator("#status")).to_contain_text("Mask in", timeout=SLOW_MS)
+        expect(page.locator("#score")).not_to_have_text("–")
+        expect(page.locator("#paths")).to_be_hidden()  # no in-browser decoder offered here
+        page.screenshot(path=str(ARTIFACTS / "ui-page-hidpi.png"))
+
+        state, alpha = overlay(page)
+        body = {"image_id": state["imageId"], "prompts": [state["prompt"]], "multimask": True}
+        api = httpx.post(f"{gateway.url}/segment", json=body, timeout=120).json()
+        best = mask_utils.decode(api["results"][0]["candidates"][0]["mask"]).astype(bool)
+        assert agreement(alpha, best) > 0.99
+
+        # a smaller window: the image shrinks to fit it, the mask and the point with it
+        page.set_viewport_size({"width": 800, "height": 600})
+        page.wait_for_timeout(300)
+        smaller = canvas_geometry(page)
+        assert smaller["width"] < geometry["width"]
+        assert smaller["x"] + smaller["width"] <= 800
+        assert smaller["y"] + smaller["height"] <= 600
+        assert abs(smaller["width"] / smaller["height"] - 1072 / 603) < 0.02
+        _, alpha = overlay(page)
+        assert agreement(alpha, best) > 0.99
+        page.screenshot(path=str(ARTIFACTS / "ui-page-small-window.png"))

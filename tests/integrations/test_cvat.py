@@ -32,6 +32,8 @@ from service.devtools.prometheus import sample_sum
 from tests.conftest import Fixture
 from tests.gateway.test_segment import rle_mask
 
+pytestmark = pytest.mark.slow  # a gateway process: not in `make test-fast`
+
 KEY = "cvat-test-key-0123456789"
 NUCLIO = REPO / "integrations" / "cvat" / "nuclio"
 

@@ -354,6 +354,7 @@ async def test_a_single_task_that_cannot_be_fetched_is_a_clear_error(
         )
 
 
+@pytest.mark.slow
 async def test_preannotation_with_everything(
     gateway_factory: GatewayFactory, files: ImageServer
 ) -> None:
@@ -388,6 +389,7 @@ async def test_preannotation_with_everything(
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 async def test_a_batch_is_answered_within_its_budget_and_the_rest_keeps_encoding(
     gateway_factory: GatewayFactory, files: ImageServer
 ) -> None:

@@ -8,11 +8,14 @@ import io
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from service.devtools.gateway_process import GatewayProcess
 from tests.conftest import Fixture
 from tests.labelstudio.test_adapter import CONFIG
+
+pytestmark = pytest.mark.slow  # a real Label Studio, or a gateway process: not in `make test-fast`
 
 
 def photo(seed: int) -> bytes:

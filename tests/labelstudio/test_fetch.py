@@ -125,6 +125,7 @@ async def test_the_size_limit_holds_with_and_without_content_length() -> None:
         assert body == b"\0" * 4000
 
 
+@pytest.mark.slow
 async def test_a_slow_host_times_out_and_an_error_status_is_reported() -> None:
     with image_server() as server:
         with pytest.raises(ImageFetchError, match="longer than 2 s"):
@@ -145,6 +146,7 @@ async def test_the_connection_goes_to_the_checked_address_with_the_urls_host() -
         assert server.seen[-1].host == f"localhost:{server.port}"
 
 
+@pytest.mark.slow
 async def test_a_slow_host_within_the_timeout_is_waited_for() -> None:
     # longer than httpx's own default (5 s): the policy's timeout is the one that counts
     with image_server() as server:

@@ -24,6 +24,8 @@ from tests.gateway.test_segment import rle_mask
 from tests.labelstudio.test_adapter import CONFIG, brush_masks, keypoint, rectangle
 from tests.model.conformance import mask_iou
 
+pytestmark = pytest.mark.slow  # a real Label Studio, or a gateway process: not in `make test-fast`
+
 KEY = "labelstudio-e2e-key-0123456789"
 
 

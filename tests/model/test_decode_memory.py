@@ -8,6 +8,8 @@ import pytest
 
 from service.devtools.peak_memory import measure, photo_like
 
+pytestmark = pytest.mark.slow  # exports and measures the model: not in `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def large_png(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -17,6 +17,8 @@ from service.model.prompts import prompts_to_arrays
 from tests.conftest import Fixture
 from tests.model.conformance import array_failures
 
+pytestmark = pytest.mark.slow  # exports and measures the model: not in `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def onnx_dir(fixture_model: EfficientSam, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import redis
 import torch
 
@@ -19,6 +20,8 @@ from tests.conftest import Fixture
 from tests.gateway.fixtures import GatewayFactory
 from tests.services import RedisServer, stored_record
 from tests.triton.fixtures import start_triton
+
+pytestmark = pytest.mark.slow  # faults in real servers under load: not in `make test-fast`
 
 
 def small_load(annotators: int, images: int, seed: int) -> LoadConfig:

@@ -15,6 +15,8 @@ from service.devtools.loadgen import jpeg_image
 from tests.conftest import Fixture
 from tests.services import RedisServer, stored_record
 
+pytestmark = pytest.mark.slow  # faults in real servers under load: not in `make test-fast`
+
 
 async def test_sigterm_finishes_in_flight_requests(
     fixture: Fixture, private_redis: RedisServer

@@ -18,6 +18,8 @@ from tests.gateway.fixtures import GatewayFactory
 from tests.gateway.test_errors import png_bytes
 from tests.triton.fixtures import start_triton
 
+pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
+
 
 def test_targets_are_parsed() -> None:
     targets = parse_targets("grpc://10.0.0.1:8001, grpc://triton-headless:8001,[::1]:8001")

@@ -23,6 +23,8 @@ from service.model.prompts import prompts_to_arrays
 from tests.conftest import Fixture
 from tests.model.conformance import mask_iou
 
+pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
+
 OUTPUTS = ("status", "scores", "rle_lengths", "rle_counts")
 WIDTH, HEIGHT = 1072, 603
 

@@ -18,6 +18,8 @@ from tests.gateway.test_segment import decode_logits, fixture_prompts, rle_mask
 from tests.model.conformance import mask_iou
 from tests.triton.fixtures import start_triton
 
+pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
+
 JPEG = {"Content-Type": "image/jpeg"}
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from service.devtools.triton import LocalTriton
 from tests.conftest import Everything
 from tests.gateway.fixtures import GatewayFactory
 from tests.gateway.test_everything import request_body
 from tests.gateway.test_segment import rle_mask
 from tests.model.conformance import mask_iou
+
+pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
 
 
 async def test_everything_on_a_triton_embedding_reproduces_the_fixture(

@@ -17,6 +17,8 @@ from tests.gateway.fixtures import GatewayFactory
 from tests.gateway.test_errors import png_bytes
 from tests.triton.fixtures import start_triton
 
+pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
+
 DEADLINE_S = 4.0  # above one CPU encode of a small image, even on a busy machine
 
 

@@ -105,6 +105,7 @@ def test_cpu_configuration_is_derived_not_duplicated() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_onnx_export_fits_the_onnx_model_config(
     fixture_model: EfficientSam, tmp_path: Path, expected: dict[str, np.ndarray]
 ) -> None:
@@ -131,6 +132,7 @@ def test_onnx_export_fits_the_onnx_model_config(
     assert np.abs(embeddings - reference).max() <= 1e-3
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_fails_to_load_with_a_clear_message(tmp_path: Path) -> None:
     from service.devtools.triton import LocalTriton, TritonNotAvailableError
     from tests.services import free_port
@@ -150,6 +152,7 @@ def test_missing_checkpoint_fails_to_load_with_a_clear_message(tmp_path: Path) -
     assert "ESAM_CHECKPOINT" in log
 
 
+@pytest.mark.slow
 def test_the_shipped_repository_starts_with_the_image_command(
     fixture: Fixture, tmp_path: Path
 ) -> None:

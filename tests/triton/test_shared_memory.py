@@ -29,6 +29,8 @@ from tests.gateway.test_errors import png_bytes
 from tests.model.conformance import array_failures
 from tests.triton.fixtures import start_triton
 
+pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
+
 NPY = {"Content-Type": "image/jpeg", "Accept": "application/x-npy"}
 
 

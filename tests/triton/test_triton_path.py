@@ -27,6 +27,8 @@ from tests.gateway.test_segment import decode_logits, fixture_prompts, rle_mask
 from tests.model.conformance import LOGITS_ATOL, array_failures, mask_iou, unpack_masks
 from tests.triton.fixtures import start_triton
 
+pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
+
 #: Bound for FP16 between preprocessing and encoder (it measures ≥ 0.9995 on the fixture).
 REDUCED_WIRE_MIN_IOU = 0.995
 

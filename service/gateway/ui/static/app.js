@@ -6,7 +6,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  file: null, imageId: null, width: 0, height: 0, scale: 1,
+  file: null, bitmap: null, imageId: null, width: 0, height: 0, scale: 1, density: 1,
   points: [], box: null, candidates: [], selected: 0, everything: null,
   // the in-browser decoder: its module, ONNX session and the open image's embedding
   browser: null, session: null, embedding: null, source: "server", shown: "server",
@@ -123,7 +123,9 @@ function render() {
 function drawMarks() {
   const marks = $("marks");
   const context = marks.getContext("2d");
+  context.setTransform(1, 0, 0, 1, 0, 0);
   context.clearRect(0, 0, marks.width, marks.height);
+  context.setTransform(state.density, 0, 0, state.density, 0, 0);  // CSS pixels from here
   const s = state.scale;
   if (state.box) {
     const [x0, y0, x1, y1] = state.box;
@@ -237,16 +239,10 @@ async function openFile(file) {
   state.results = { server: [], browser: [] }; state.latency = { server: null, browser: null };
   state.embedding = null;
   const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+  state.bitmap = bitmap;
   state.width = bitmap.width; state.height = bitmap.height;
-  const stage = $("stage");
-  state.scale = Math.min(1, (stage.clientWidth - 4) / bitmap.width);
-  for (const id of ["image", "overlay", "marks"]) {
-    $(id).width = Math.round(bitmap.width * state.scale);
-    $(id).height = Math.round(bitmap.height * state.scale);
-  }
-  stage.style.height = `${$("image").height + 4}px`;
-  $("image").getContext("2d").drawImage(bitmap, 0, 0, $("image").width, $("image").height);
   $("drop-hint").hidden = true;
+  layout();
   guard(startBrowserDecoder)();
   status("Encoding…");
   const started = performance.now();
@@ -254,6 +250,31 @@ async function openFile(file) {
   $("everything").disabled = false;
   render();
   status(`${body.cached ? "Cached" : "Encoded"} in ${Math.round(performance.now() - started)} ms: click the image.`);
+}
+
+// the image fitted to the stage's width and to the window's height below the stage
+// (never enlarged), drawn at the screen's pixel density; again on every resize
+function layout() {
+  if (!state.bitmap) return;
+  const stage = $("stage");
+  const roomWidth = stage.clientWidth - 4;
+  const roomHeight = window.innerHeight - stage.getBoundingClientRect().top - window.scrollY - 16;
+  state.scale = Math.min(1, roomWidth / state.width, Math.max(roomHeight, 120) / state.height);
+  const width = Math.max(1, Math.round(state.width * state.scale));
+  const height = Math.max(1, Math.round(state.height * state.scale));
+  state.density = window.devicePixelRatio || 1;
+  for (const id of ["image", "overlay", "marks"]) {
+    const canvas = $(id);
+    canvas.style.width = `${width}px`; canvas.style.height = `${height}px`;
+    canvas.width = Math.round(width * state.density);
+    canvas.height = Math.round(height * state.density);
+  }
+  stage.style.height = `${height + 4}px`;
+  stage.style.minHeight = "0";  // the drop area's height is for an empty stage only
+  const image = $("image").getContext("2d");
+  image.imageSmoothingQuality = "high";
+  image.drawImage(state.bitmap, 0, 0, $("image").width, $("image").height);
+  render();
 }
 
 function imagePoint(event) {
@@ -284,6 +305,7 @@ function guard(action) {
 }
 
 function setUp() {
+  window.addEventListener("resize", layout);
   const marks = document.createElement("canvas");
   marks.id = "marks";
   $("stage").append(marks);
