@@ -14,7 +14,11 @@ clicks of one foreground point, multimask, COCO RLE. Reported:
   (``esam_decoder_sent_bytes_total``), and the embedding sends;
 * ``best_only`` against multimask on the local decoder (CPU per click);
 * requests per decoder execution with ``--concurrency`` annotators clicking their own
-  images at once (Triton's ``nv_inference_count`` / ``nv_inference_exec_count``).
+  images at once (Triton's ``nv_inference_count`` / ``nv_inference_exec_count``);
+* the Triton path's gateway CPU per click against a stand-in decoder that answers three
+  discs at once (``service/devtools/stand_in_decoder.py``): the fixture's random weights
+  make every mask a 250,000-run speckle (0.75 MB of RLE per click), a real object's mask
+  has hundreds of runs, and the gateway's remaining work per click is per run.
 
     python bench/clicks.py                         # fixture checkpoint (or random weights)
     python bench/clicks.py --clicks 40 --concurrency 16
@@ -208,6 +212,30 @@ async def run(args: argparse.Namespace, server: LocalTriton, checkpoint: str) ->
     ]
 
 
+async def stand_in(args: argparse.Namespace, server: LocalTriton, checkpoint: str) -> list[str]:
+    """The Triton path's gateway CPU per click when masks are compact (a stand-in decoder
+    answering discs at once: a real object's mask has hundreds of runs, not 250,000)."""
+    gw = gateway(server, checkpoint, "triton")
+    gw.start()
+    try:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=900) as client:
+            route = Route("ESAM_DECODER=triton, stand-in decoder", gw, client)
+            route.image_id = await route.upload(photo_jpeg(424_242))
+            await route.click(route.image_id, -1)
+            await route.measure_idle(args.idle_s)
+            for i in range(args.clicks):
+                await route.measured_click(i)
+    finally:
+        gw.stop()
+    raw, net = route.cpu_ms()
+    p50, p99 = route.latency_ms()
+    return [
+        f"| gateway CPU per click with compact masks (stand-in decoder: three discs), ms "
+        f"(raw / net) | {raw:.2f} / {net:.2f} |",
+        f"| click latency p50 / p99 there, ms | {p50:.0f} / {p99:.0f} |",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clicks", type=int, default=30)
@@ -234,6 +262,23 @@ def main() -> int:
             rows = asyncio.run(run(args, server, checkpoint))
         finally:
             server.stop()
+        standin = LocalTriton(
+            Path(workdir) / "stand-in",
+            checkpoint,
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            output="fp16",
+            decoder=True,
+            stand_in_decoder=True,
+            log_path=Path(workdir) / "triton-stand-in.log",
+        )
+        standin.start()
+        try:
+            rows += ["", "| the Triton path with compact masks | |", "| --- | --- |"]
+            rows += asyncio.run(stand_in(args, standin, checkpoint))
+        finally:
+            standin.stop()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; checkpoint: {checkpoint}")
     print(
         f"command: python bench/clicks.py --clicks {args.clicks} --concurrency {args.concurrency}"

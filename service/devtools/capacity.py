@@ -70,8 +70,11 @@ class UnitCosts:
     gpu: str
     #: encoder throughput of one GPU, images/s (Triton, dynamic batching)
     encoder_images_per_s: float
-    #: gateway CPU per /segment prompt: decoder, upsampling to full size, RLE
+    #: gateway CPU per /segment prompt: with the gateway's decoder, the decoder, upsampling
+    #: to full size and RLE; with the Triton decoder, the request and COCO strings
     decode_core_s: float
+    #: prompts/s one GPU decodes (ESAM_DECODER=triton); 0: the gateway decodes (no GPU time)
+    decoder_gpu_prompts_per_s: float = 0.0
     #: gateway CPU per /embed on the Triton path: hashing, header, gRPC, cache writes
     #: (19 ms measured, docs/benchmarks.md "Triton bytes path")
     upload_core_s: float = 0.019
@@ -105,7 +108,8 @@ def demand(workload: Workload, costs: UnitCosts) -> Demand:
     encodes, prompts = workload.encodes_per_s, workload.prompts_per_s
     embedding = costs.embedding_bytes
     return Demand(
-        gpu_s=encodes / costs.encoder_images_per_s,
+        gpu_s=encodes / costs.encoder_images_per_s
+        + (prompts / costs.decoder_gpu_prompts_per_s if costs.decoder_gpu_prompts_per_s else 0.0),
         gateway_core_s=prompts * costs.decode_core_s + encodes * costs.upload_core_s,
         redis_bytes=encodes * workload.keep_s * costs.redis_bytes_per_embedding * REDIS_OVERHEAD,
         redis_bytes_per_s=(encodes + prompts * workload.redis_reads_per_prompt) * embedding,

@@ -66,6 +66,7 @@ def prepare(
     decoder: bool = False,
     decoder_resident_bytes: int = 256 << 20,
     decoder_max_batch: int = 8,
+    stand_in_decoder: bool = False,
 ) -> tuple[Path, Path]:
     """Write the CPU model repository and a backends folder with the Python stub.
 
@@ -78,7 +79,9 @@ def prepare(
     ``stand_in_encoder`` replaces the encoder's code with one that answers zeros at once
     (``service/devtools/stand_in_encoder.py``, for benchmarks of what surrounds it).
     ``decoder`` adds ``efficientsam_decoder`` (its CPU config, ``decoder_resident_bytes``
-    of resident embeddings; the production config with ``gpu``).
+    of resident embeddings; the production config with ``gpu``); ``stand_in_decoder``
+    replaces its code with one that answers compact discs at once
+    (``service/devtools/stand_in_decoder.py``, for benchmarks of the gateway's side).
     """
     repository = workdir / "model_repository"
     shutil.rmtree(repository, ignore_errors=True)
@@ -123,6 +126,10 @@ def prepare(
             text = (SOURCE_REPOSITORY / DECODER / "config.pbtxt").read_text()
             text = text.replace("/weights/efficient_sam_vitt.pt", checkpoint)
         (model_dir / "config.pbtxt").write_text(text)
+        if stand_in_decoder:
+            shutil.copy2(
+                Path(__file__).with_name("stand_in_decoder.py"), model_dir / "1" / "model.py"
+            )
     return repository, prepare_backends(workdir)
 
 
@@ -186,6 +193,7 @@ class LocalTriton:
     decoder: bool = False
     decoder_resident_bytes: int = 256 << 20
     decoder_max_batch: int = 8
+    stand_in_decoder: bool = False
     log_verbose: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _prepared: tuple[Path, Path] | None = field(default=None, init=False)
@@ -219,6 +227,7 @@ class LocalTriton:
                 decoder=self.decoder,
                 decoder_resident_bytes=self.decoder_resident_bytes,
                 decoder_max_batch=self.decoder_max_batch,
+                stand_in_decoder=self.stand_in_decoder,
             )
         repository, backends = self._prepared
         env = server_environment()

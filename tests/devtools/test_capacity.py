@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,14 @@ def test_the_script_prints_the_plan_for_the_stated_constants() -> None:
     # / 4 per pod / 0.7 = 19.9 → 20 pods, 80 cores; 13.3 encodes/s on one H100
     assert "| 13 | 200 | 1 | 20 (80) |" in row
     assert row.endswith("| gateway CPU |")
+
+
+def test_clicks_decoded_on_the_gpu_cost_gpu_time_and_little_gateway_cpu() -> None:
+    # 600 annotators / 60 s = 10 opens/s; 5 encodes/s, 100 prompts/s
+    on_gpu = dataclasses.replace(COSTS, decode_core_s=0.001, decoder_gpu_prompts_per_s=200)
+    need = demand(WORKLOAD, on_gpu)
+    assert need.gpu_s == pytest.approx(5 / 10 + 100 / 200)  # encoder 0.5 + decoder 0.5 GPUs
+    assert need.gateway_core_s == pytest.approx(100 * 0.001 + 5 * 0.02)  # 0.2 cores
+    assert plan(WORKLOAD, on_gpu).units("GPU") == 2  # 1.0 GPU-s/s at 50 % utilisation
+    # the gateway's decoder: no GPU time for clicks
+    assert demand(WORKLOAD, COSTS).gpu_s == pytest.approx(0.5)
