@@ -236,6 +236,22 @@ async def stand_in(args: argparse.Namespace, server: LocalTriton, checkpoint: st
     ]
 
 
+def local_triton(workdir: Path, checkpoint: str, **options: Any) -> LocalTriton:
+    """A local Triton on free ports with the FP16 encoder and the decoder."""
+    workdir.mkdir(parents=True)
+    return LocalTriton(
+        workdir,
+        checkpoint,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        output="fp16",
+        decoder=True,
+        log_path=workdir / "triton.log",
+        **options,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clicks", type=int, default=30)
@@ -246,33 +262,13 @@ def main() -> int:
     args = parser.parse_args()
     checkpoint = str(CHECKPOINT) if CHECKPOINT.is_file() else "random"
     with tempfile.TemporaryDirectory() as workdir:
-        server = LocalTriton(
-            Path(workdir),
-            checkpoint,
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            output="fp16",
-            decoder=True,
-            decoder_max_batch=args.max_batch,
-            log_path=Path(workdir) / "triton.log",
-        )
+        server = local_triton(Path(workdir) / "real", checkpoint, decoder_max_batch=args.max_batch)
         server.start()
         try:
             rows = asyncio.run(run(args, server, checkpoint))
         finally:
             server.stop()
-        standin = LocalTriton(
-            Path(workdir) / "stand-in",
-            checkpoint,
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            output="fp16",
-            decoder=True,
-            stand_in_decoder=True,
-            log_path=Path(workdir) / "triton-stand-in.log",
-        )
+        standin = local_triton(Path(workdir) / "stand-in", checkpoint, stand_in_decoder=True)
         standin.start()
         try:
             rows += ["", "| the Triton path with compact masks | |", "| --- | --- |"]

@@ -4,6 +4,7 @@ from service.model.checkpoint import (
     build_model,
     infer_variant,
     load_model,
+    load_named,
     random_model,
     read_state_dict,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "build_model",
     "infer_variant",
     "load_model",
+    "load_named",
     "random_model",
     "read_state_dict",
 ]

@@ -138,3 +138,13 @@ def random_model(variant: Variant, seed: int = 0) -> EfficientSam:
         torch.manual_seed(seed)
         model = EfficientSam(CONFIGS[variant])
     return model.eval()
+
+
+def load_named(checkpoint: str, variant: Variant = "ti") -> EfficientSam:
+    """The model a Triton model's ``checkpoint`` names: a file's weights, or ``random``
+    (random weights of ``variant``). :class:`CheckpointError` for a missing or bad file."""
+    if checkpoint == "random":
+        return random_model(variant)
+    if not checkpoint or not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {checkpoint!r} not found")
+    return load_model(checkpoint)

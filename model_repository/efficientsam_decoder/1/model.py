@@ -27,7 +27,6 @@ import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from service.errors import CheckpointError
-from service.model import load_model, random_model
+from service.model import load_named
 from service.model.masks import run_lengths, upsample_masks
 from service.model.prompt_encoder import LABEL_PADDING
 
@@ -99,18 +98,13 @@ class TritonPythonModel:
             self.device = torch.device(f"cuda:{args['model_instance_device_id']}")
         else:
             self.device = torch.device("cpu")
-        if checkpoint == "random":
-            model = random_model(params.get("variant", "ti"))
-        else:
-            if not checkpoint or not Path(checkpoint).is_file():
-                raise pb_utils.TritonModelException(
-                    f"efficientsam_decoder: checkpoint {checkpoint!r} not found; set the "
-                    "'checkpoint' parameter in config.pbtxt or ESAM_CHECKPOINT"
-                )
-            try:
-                model = load_model(checkpoint)
-            except CheckpointError as exc:
-                raise pb_utils.TritonModelException(f"efficientsam_decoder: {exc}") from exc
+        try:
+            model = load_named(checkpoint, params.get("variant", "ti"))
+        except CheckpointError as exc:
+            raise pb_utils.TritonModelException(
+                f"efficientsam_decoder: {exc}; set the 'checkpoint' parameter in config.pbtxt or "
+                "ESAM_CHECKPOINT"
+            ) from exc
         self.model = model.to(self.device).eval()
         self.max_points = model.config.max_points
         self.max_prompts = int(params.get("max_prompts_per_execution", "256"))

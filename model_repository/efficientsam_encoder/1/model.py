@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
 from service.errors import CheckpointError
-from service.model import load_model, random_model
+from service.model import load_named
 
 IMAGE_SHAPE = (3, 1024, 1024)
 
@@ -39,18 +37,13 @@ class TritonPythonModel:
         else:
             self.device = torch.device("cpu")
             self.precision = "fp32"
-        if checkpoint == "random":
-            model = random_model(params.get("variant", "ti"))
-        else:
-            if not checkpoint or not Path(checkpoint).is_file():
-                raise pb_utils.TritonModelException(
-                    f"efficientsam_encoder: checkpoint {checkpoint!r} not found; set the "
-                    "'checkpoint' parameter in config.pbtxt or ESAM_CHECKPOINT"
-                )
-            try:
-                model = load_model(checkpoint)
-            except CheckpointError as exc:
-                raise pb_utils.TritonModelException(f"efficientsam_encoder: {exc}") from exc
+        try:
+            model = load_named(checkpoint, params.get("variant", "ti"))
+        except CheckpointError as exc:
+            raise pb_utils.TritonModelException(
+                f"efficientsam_encoder: {exc}; set the 'checkpoint' parameter in config.pbtxt or "
+                "ESAM_CHECKPOINT"
+            ) from exc
         self.model = model.to(self.device).eval()
         self.input_dtype = pb_utils.triton_string_to_numpy(
             pb_utils.get_input_config_by_name(config, "pixels")["data_type"]
