@@ -13,7 +13,7 @@ from service.core.metrics import Metrics
 from service.core.request_context import RequestIdFilter
 from service.gateway.middleware import RequestContextMiddleware
 from tests.gateway.fixtures import Gateway, GatewayFactory
-from tests.gateway.test_errors import assert_error, png_bytes
+from tests.support import assert_error, png_bytes
 
 
 async def test_openapi_documents_every_route(gateway: Gateway) -> None:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from playwright.sync_api import Route, sync_playwright
 
 from service.devtools.gateway_process import GatewayProcess
 from tests.conftest import Fixture
+from tests.support import chromium_path
 
 # a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`
 pytestmark = pytest.mark.slow
 
 KEY = "docs-test-key-0123456789"
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("chromium is not installed (Debian package `chromium`; .ci/run installs it)")
-    return path
 
 
 def test_docs_render_offline_behind_the_api_key(fixture: Fixture) -> None:

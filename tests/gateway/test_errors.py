@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
-from PIL import Image
 
 from tests.gateway.fixtures import Gateway, GatewayFactory
+from tests.support import assert_error, png_bytes
 
 API_KEY = "k" * 24
-
-
-def png_bytes(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def b64(data: bytes) -> str:
@@ -30,15 +22,6 @@ def b64(data: bytes) -> str:
 
 def redis_keys(url: str, prefix: str) -> list[bytes]:
     return list(redis.Redis.from_url(url).scan_iter(f"{prefix}:*"))
-
-
-def assert_error(response: Any, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    assert "Traceback" not in response.text
-    assert response.headers["X-Request-Id"]
 
 
 def point(x: float, y: float, label: int = 1) -> dict[str, Any]:

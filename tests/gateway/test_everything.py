@@ -13,22 +13,10 @@ from PIL import Image
 
 from tests.conftest import Everything
 from tests.gateway.fixtures import Gateway, GatewayFactory
-from tests.gateway.test_segment import rle_mask
 from tests.model.conformance import mask_iou
+from tests.support import request_body, rle_mask
 
 JPEG = {"Content-Type": "image/jpeg"}
-
-
-def request_body(params: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    names = (
-        "points_per_side",
-        "points_per_batch",
-        "pred_iou_thresh",
-        "stability_score_thresh",
-        "stability_score_offset",
-        "box_nms_thresh",
-    )
-    return {**{n: params[n] for n in names}, **overrides}
 
 
 async def embed(gateway: Gateway, image_bytes: bytes) -> str:

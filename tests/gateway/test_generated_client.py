@@ -20,7 +20,7 @@ import pytest
 
 from service.devtools.gateway_process import REPO, GatewayProcess
 from tests.conftest import Fixture
-from tests.gateway.test_errors import png_bytes
+from tests.support import png_bytes
 
 # a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from service.devtools.peak_memory import measure
 from service.errors import ImageTooLargeError
 from service.model.preprocess import decode_image
 from tests.gateway.fixtures import Gateway, GatewayFactory
-from tests.gateway.test_errors import assert_error, png_bytes
+from tests.support import assert_error, png_bytes
 
 QUICK_S = 2.0
 

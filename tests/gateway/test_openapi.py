@@ -11,7 +11,7 @@ import pytest
 
 from service.gateway.examples import EXAMPLE_IMAGE_BASE64, EXAMPLE_IMAGE_ID
 from tests.gateway.fixtures import Gateway, GatewayFactory
-from tests.gateway.test_errors import assert_error, png_bytes
+from tests.support import assert_error, png_bytes
 
 KEY = "example-key-0123456789"
 #: the examples build on each other: upload first, then use the id, then delete it

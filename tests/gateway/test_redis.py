@@ -7,15 +7,14 @@ import base64
 import hashlib
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
 from service.core.embedding import Embedding
 from tests.conftest import Fixture
 from tests.gateway.fixtures import Gateway, GatewayFactory
-from tests.gateway.test_errors import png_bytes
 from tests.services import RedisServer, stored_record
+from tests.support import embed, png_bytes, segment_status
 
 
 def raw(url: str) -> redis.Redis:
@@ -36,13 +35,6 @@ def expected_key(prefix: str, checkpoint: Path, image: bytes) -> str:
     checkpoint_digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
     model = f"efficientsam-ti-{checkpoint_digest}-p1"
     return f"{prefix}:emb:{model}:{hashlib.sha256(image).hexdigest()}"
-
-
-async def embed(client: httpx.AsyncClient, data: bytes) -> dict[str, object]:
-    response = await client.post("/embed", content=data, headers={"Content-Type": "image/png"})
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    return body
 
 
 async def test_embedding_is_shared_between_replicas(
@@ -151,14 +143,6 @@ async def test_corrupt_record_is_a_miss(gateway_factory: GatewayFactory, redis_u
         assert again["cached"] is False
         assert gw.encodes == 2
         assert Embedding.from_bytes(stored_record(raw(redis_url), key)).width == 64
-
-
-async def segment_status(client: httpx.AsyncClient, image_id: object) -> int:
-    response = await client.post(
-        "/segment",
-        json={"image_id": image_id, "prompts": [{"points": [[10, 10]], "labels": [1]}]},
-    )
-    return response.status_code
 
 
 async def test_a_delete_on_one_replica_is_seen_by_the_other(

@@ -11,8 +11,7 @@ import pytest
 
 from service.devtools.redis_server import LocalRedisCluster, LocalSentinel
 from tests.gateway.fixtures import GatewayFactory
-from tests.gateway.test_errors import png_bytes
-from tests.gateway.test_redis import embed, segment_status
+from tests.support import embed, png_bytes, segment_status
 
 # a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`
 pytestmark = pytest.mark.slow

@@ -11,40 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as coco_mask
 
 from tests.conftest import Fixture
 from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.model.conformance import LOGITS_ATOL, array_failures, mask_iou, unpack_masks
-
-
-def fixture_prompts(fixture: Fixture) -> list[dict[str, Any]]:
-    prompts = []
-    for prompt in fixture.prompts():
-        item: dict[str, Any] = {
-            "points": [list(p) for p in prompt.points],
-            "labels": list(prompt.labels),
-        }
-        if prompt.box is not None:
-            item["box"] = list(prompt.box)
-        prompts.append(item)
-    return prompts
-
-
-def decode_logits(candidate: dict[str, Any]) -> np.ndarray:
-    logits = candidate["logits"]
-    assert logits["dtype"] == "float32"
-    raw = np.frombuffer(base64.b64decode(logits["data"]), dtype="<f4")
-    shaped: np.ndarray = raw.reshape(logits["shape"])
-    return shaped
-
-
-def rle_mask(candidate: dict[str, Any]) -> np.ndarray:
-    mask = candidate["mask"]
-    decoded: np.ndarray = coco_mask.decode(
-        {"size": mask["size"], "counts": mask["counts"].encode()}
-    )
-    return decoded.astype(bool)
+from tests.support import decode_logits, fixture_prompts, rle_mask
 
 
 async def test_cache_hit_runs_no_encoder(gateway: Gateway, image_bytes: bytes) -> None:

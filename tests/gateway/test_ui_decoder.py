@@ -16,7 +16,7 @@ from service.devtools.gateway_process import REPO
 from service.gateway.ui.browser_decoder import ORT_DIST, ORT_FILES, available
 from service.model import EfficientSam
 from tests.gateway.fixtures import GatewayFactory
-from tests.gateway.test_errors import assert_error, png_bytes
+from tests.support import assert_error, png_bytes
 
 # a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`
 pytestmark = pytest.mark.slow

@@ -28,8 +28,8 @@ from pycocotools import mask as mask_utils
 from service.devtools.gateway_process import REPO, GatewayProcess
 from service.gateway.ui.browser_decoder import available
 from tests.conftest import Fixture
-from tests.gateway.test_docs_page import chromium_path
 from tests.model.conformance import mask_iou
+from tests.support import chromium_path
 
 # a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`
 pytestmark = pytest.mark.slow

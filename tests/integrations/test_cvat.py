@@ -30,7 +30,7 @@ from PIL import Image
 from service.devtools.gateway_process import REPO, GatewayProcess
 from service.devtools.prometheus import sample_sum
 from tests.conftest import Fixture
-from tests.gateway.test_segment import rle_mask
+from tests.support import rle_mask
 
 pytestmark = pytest.mark.slow  # a gateway process: not in `make test-fast`
 

@@ -17,84 +17,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.devtools.label_studio import sdk_call
 from tests.conftest import Fixture
 from tests.gateway.fixtures import Gateway, GatewayFactory
-from tests.gateway.test_errors import assert_error, png_bytes
-from tests.gateway.test_segment import rle_mask
 from tests.labelstudio.image_server import ImageServer, image_server
+from tests.support import (
+    CONFIG,
+    assert_error,
+    brush_masks,
+    keypoint,
+    png_bytes,
+    rectangle,
+    rle_mask,
+)
 
 LS_TOKEN = "legacy-token-0123456789"
 KEY = "labelstudio-key-0123456789"
-CONFIG = """<View>
-  <Image name="image" value="$img" zoom="true"/>
-  <BrushLabels name="brush" toName="image"><Label value="dog"/><Label value="stick"/></BrushLabels>
-  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="dog"/></KeyPointLabels>
-  <RectangleLabels name="rect" toName="image" smart="true"><Label value="stick"/></RectangleLabels>
-</View>"""
 POLYGON_CONFIG = """<View><Image name="picture" value="$img"/>
   <PolygonLabels name="outline" toName="picture"><Label value="dog"/></PolygonLabels>
   <KeyPointLabels name="kp" toName="picture" smart="true"><Label value="dog"/></KeyPointLabels>
 </View>"""
-DECODE = """
-import json, sys
-import numpy as np
-from label_studio_sdk.converter import brush
-out = []
-for item in json.load(sys.stdin):
-    rgba = brush.decode_rle(item["rle"]).reshape(item["height"], item["width"], 4)
-    out.append(np.packbits(rgba[:, :, 3] > 0).tolist())
-print(json.dumps(out))
-"""
-
-
-def brush_masks(regions: list[dict[str, Any]]) -> list[np.ndarray]:
-    """Brush regions → boolean masks, by label_studio_sdk's decoder."""
-    payload = [
-        {"rle": r["value"]["rle"], "width": r["original_width"], "height": r["original_height"]}
-        for r in regions
-    ]
-    packed = sdk_call(DECODE, payload)
-    return [
-        np.unpackbits(np.array(bits, dtype=np.uint8))[: p["width"] * p["height"]]
-        .reshape(p["height"], p["width"])
-        .astype(bool)
-        for bits, p in zip(packed, payload, strict=True)
-    ]
-
-
-def keypoint(x: float, y: float, positive: bool = True, label: str = "dog") -> dict[str, Any]:
-    return {
-        "id": "k1",
-        "from_name": "kp",
-        "to_name": "image",
-        "type": "keypointlabels",
-        "origin": "manual",
-        "original_width": 1072,
-        "original_height": 603,
-        "image_rotation": 0,
-        "value": {"x": x, "y": y, "width": 0.3, "keypointlabels": [label], "labels": [label]},
-        "is_positive": positive,
-    }
-
-
-def rectangle(x: float, y: float, w: float, h: float) -> dict[str, Any]:
-    return {
-        "id": "r1",
-        "from_name": "rect",
-        "to_name": "image",
-        "type": "rectanglelabels",
-        "original_width": 1072,
-        "original_height": 603,
-        "value": {
-            "x": x,
-            "y": y,
-            "width": w,
-            "height": h,
-            "rotation": 0,
-            "rectanglelabels": ["stick"],
-        },
-    }
 
 
 def predict_body(

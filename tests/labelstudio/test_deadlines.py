@@ -13,7 +13,7 @@ from PIL import Image
 
 from service.devtools.gateway_process import GatewayProcess
 from tests.conftest import Fixture
-from tests.labelstudio.test_adapter import CONFIG
+from tests.support import CONFIG
 
 pytestmark = pytest.mark.slow  # a real Label Studio, or a gateway process: not in `make test-fast`
 

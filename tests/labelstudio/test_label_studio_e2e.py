@@ -20,9 +20,8 @@ from PIL import Image
 from service.devtools.gateway_process import GatewayProcess
 from service.devtools.label_studio import TOKEN, LabelStudioServer
 from tests.conftest import Fixture
-from tests.gateway.test_segment import rle_mask
-from tests.labelstudio.test_adapter import CONFIG, brush_masks, keypoint, rectangle
 from tests.model.conformance import mask_iou
+from tests.support import CONFIG, brush_masks, keypoint, rectangle, rle_mask
 
 pytestmark = pytest.mark.slow  # a real Label Studio, or a gateway process: not in `make test-fast`
 

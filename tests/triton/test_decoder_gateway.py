@@ -14,8 +14,8 @@ from service.devtools.triton import LocalTriton
 from service.devtools.triton_config import DECODER
 from tests.conftest import Fixture
 from tests.gateway.fixtures import Gateway, GatewayFactory
-from tests.gateway.test_segment import decode_logits, fixture_prompts, rle_mask
 from tests.model.conformance import mask_iou
+from tests.support import decode_logits, fixture_prompts, rle_mask
 from tests.triton.fixtures import start_triton
 
 pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
@@ -98,7 +98,7 @@ async def test_the_local_encoder_with_the_triton_decoder(
 async def test_clicks_of_many_images_share_decoder_executions(
     gateway_factory: GatewayFactory, triton: LocalTriton, fixture: Fixture
 ) -> None:
-    from tests.gateway.test_errors import png_bytes
+    from tests.support import png_bytes
 
     images = [png_bytes(seed=900 + i) for i in range(6)]
     prompt = [{"points": [[20, 20]], "labels": [1]}]

@@ -9,9 +9,8 @@ import pytest
 from service.devtools.triton import LocalTriton
 from tests.conftest import Everything
 from tests.gateway.fixtures import GatewayFactory
-from tests.gateway.test_everything import request_body
-from tests.gateway.test_segment import rle_mask
 from tests.model.conformance import mask_iou
+from tests.support import request_body, rle_mask
 
 pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
 

@@ -14,7 +14,7 @@ import pytest
 from service.devtools.triton import LocalTriton
 from tests.conftest import Fixture
 from tests.gateway.fixtures import GatewayFactory
-from tests.gateway.test_errors import png_bytes
+from tests.support import png_bytes
 from tests.triton.fixtures import start_triton
 
 pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`

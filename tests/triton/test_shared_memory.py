@@ -25,8 +25,8 @@ from service.devtools.triton import LocalTriton
 from service.devtools.triton_config import ENSEMBLE
 from tests.conftest import Fixture
 from tests.gateway.fixtures import Gateway, GatewayFactory
-from tests.gateway.test_errors import png_bytes
 from tests.model.conformance import array_failures
+from tests.support import png_bytes
 from tests.triton.fixtures import start_triton
 
 pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`

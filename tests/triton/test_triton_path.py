@@ -22,9 +22,8 @@ from service.model import preprocess
 from service.model.preprocess import read_header
 from tests.conftest import Fixture
 from tests.gateway.fixtures import GatewayFactory
-from tests.gateway.test_errors import png_bytes
-from tests.gateway.test_segment import decode_logits, fixture_prompts, rle_mask
 from tests.model.conformance import LOGITS_ATOL, array_failures, mask_iou, unpack_masks
+from tests.support import decode_logits, fixture_prompts, png_bytes, rle_mask
 from tests.triton.fixtures import start_triton
 
 pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
