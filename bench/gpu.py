@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.core.loading import load_serving_model
 from service.devtools.benchmarking import (
     as_baseline,
     bytes_input,
@@ -168,9 +169,10 @@ def click_inputs(module: Any, index: int, embedding: np.ndarray | None = None) -
 
 
 async def decoder_rows(
-    server: LocalTriton, levels: list[int], per_level: int, images: int
+    server: LocalTriton, levels: list[int], per_level: int, images: int, model_id: str
 ) -> list[dict[str, Any]]:
-    """Clicks of ``images`` resident images on efficientsam_decoder at each concurrency."""
+    """Clicks of ``images`` resident images on efficientsam_decoder at each concurrency
+    (``model_id``: the checkpoint's, as a gateway names it: the decoder checks it)."""
     import tritonclient.grpc.aio as grpcclient
 
     outputs = [
@@ -186,7 +188,7 @@ async def decoder_rows(
                 DECODER,
                 click_inputs(grpcclient, index, embedding),
                 outputs=outputs,
-                parameters={"image": f"bench/{index % images}", "candidates": "multimask"},
+                parameters={"image": f"{model_id}/{index % images}", "candidates": "multimask"},
             )
             if int(result.as_numpy("status").reshape(-1)[0]) != 0:
                 raise RuntimeError(f"image {index % images} is not resident")
@@ -307,9 +309,14 @@ def main() -> int:
             per_level = 2 if args.dry_run else 128
             result["triton"] = asyncio.run(triton_rows(server, levels, per_level))
             click_levels = [1, 2] if args.dry_run else [1, 16, 64, 256]
+            model_id = load_serving_model(checkpoint, None, "cpu").model_id
             result["decoder"] = asyncio.run(
                 decoder_rows(
-                    server, click_levels, 4 if args.dry_run else 2048, 2 if args.dry_run else 64
+                    server,
+                    click_levels,
+                    4 if args.dry_run else 2048,
+                    2 if args.dry_run else 64,
+                    model_id,
                 )
             )
         finally:

@@ -64,6 +64,8 @@ async def test_health_and_readiness(gateway: Gateway) -> None:
         "model": gateway.state.model_id,
         "encoder": "ok",
         "redis": "disabled",
+        "decoder": "ok",
+        "detail": None,
     }
 
 

@@ -4,6 +4,7 @@ several images, masks as run lengths equal to the in-process decoder's."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,13 @@ import tritonclient.http as httpclient
 from pycocotools import mask as coco_mask
 from tritonclient.utils import InferenceServerException
 
+from service.core.loading import load_serving_model
 from service.devtools.triton import LocalTriton
 from service.devtools.triton_config import DECODER
 from service.model import EfficientSam
 from service.model.masks import compress_rle, encode_rle, upsample_masks
 from service.model.prompts import prompts_to_arrays
-from tests.conftest import Fixture
+from tests.conftest import Fixture, fixtures_dir
 from tests.model.conformance import mask_iou
 
 pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
@@ -66,15 +68,23 @@ def masks_of(result: Any, size: tuple[int, int] = (HEIGHT, WIDTH)) -> np.ndarray
     return np.array(masks).reshape(*scores.shape, *size)
 
 
+@functools.cache
+def model_id() -> str:
+    """The fixture checkpoint's model id, as the gateway names it (the decoder checks it)."""
+    checkpoint = fixtures_dir() / "efficientsam-ti-seed0" / "efficient_sam_vitt_random_seed0.pt"
+    return load_serving_model(str(checkpoint), None, "cpu").model_id
+
+
 def infer(
     client: Any, module: Any, image: str, inputs: list[Any], candidates: str = "multimask"
 ) -> Any:
+    """One request for ``image`` of the fixture's model."""
     outputs = [module.InferRequestedOutput(name) for name in OUTPUTS]
     return client.infer(
         DECODER,
         inputs,
         outputs=outputs,
-        parameters={"image": image, "candidates": candidates},
+        parameters={"image": f"{model_id()}/{image}", "candidates": candidates},
     )
 
 
@@ -200,7 +210,7 @@ async def test_requests_for_different_images_share_executions_and_fail_alone(
             DECODER,
             decoder_inputs(grpcaio, points[:1], wrong[:1], emb),
             outputs=outputs,
-            parameters={"image": image, "candidates": "multimask"},
+            parameters={"image": f"{model_id()}/{image}", "candidates": "multimask"},
         )
 
     try:
@@ -243,3 +253,30 @@ def test_malformed_parameters_are_refused_per_request(
     with pytest.raises(InferenceServerException, match="NaN"):
         infer(client, grpcclient, "x", decoder_inputs(grpcclient, nan, labels, None))
     assert client.is_model_ready(DECODER)  # and still serving
+
+
+def test_the_identity_probe_names_the_decoders_checkpoint(
+    triton: LocalTriton, fixture_prompts: tuple[np.ndarray, np.ndarray]
+) -> None:
+    client = grpcclient.InferenceServerClient(triton.grpc_url.split("://")[1])
+    points, labels = fixture_prompts
+    own_id = model_id()
+    outputs = [grpcclient.InferRequestedOutput(n) for n in ("status", "model")]
+    inputs = decoder_inputs(grpcclient, points[:1], labels[:1], None)
+    same = client.infer(
+        DECODER, inputs, outputs=outputs, parameters={"image": f"{own_id}/x", "identity": True}
+    )
+    assert same.as_numpy("status").tolist() == [[2]]
+    own = same.as_numpy("model").reshape(-1)[0].decode()
+    assert own_id.startswith(own)  # variant and checkpoint digest
+    other = client.infer(
+        DECODER,
+        inputs,
+        outputs=outputs,
+        parameters={"image": "efficientsam-ti-000000000000-p1/x", "identity": True},
+    )
+    assert other.as_numpy("status").tolist() == [[3]]
+    with pytest.raises(InferenceServerException, match="model mismatch"):
+        client.infer(
+            DECODER, inputs, parameters={"image": "efficientsam-ti-000000000000-p1/x"}
+        )  # a click of another model's image: refused, not decoded with this one

@@ -89,7 +89,9 @@ async def test_the_local_encoder_with_the_triton_decoder(
 ) -> None:
     """ESAM_ENCODER=local, ESAM_DECODER=triton: the decoder gets a pool of its own."""
     async with gateway_factory(decoder="triton", triton_url=triton.grpc_url) as gw:
-        assert (await gw.client.get("/readyz")).status_code == 200
+        ready = await gw.client.get("/readyz")
+        assert ready.status_code == 200
+        assert (ready.json()["decoder"], ready.json()["detail"]) == ("ok", None)
         image_id = await upload(gw, image_bytes)
         answer = await click(gw, image_id, fixture_prompts(fixture)[:2])
         assert [len(r["candidates"]) for r in answer["results"]] == [3, 3]
@@ -176,3 +178,32 @@ async def test_a_full_decoder_queue_answers_429_at_once(
         refused = next(r for r in responses if r.status_code == 429)
         assert refused.json()["error"]["code"] == "overloaded"
         assert int(refused.headers["Retry-After"]) >= 1
+
+
+async def test_a_decoder_holding_another_checkpoint_takes_the_gateway_out_of_service(
+    gateway_factory: GatewayFactory, triton: LocalTriton, image_bytes: bytes
+) -> None:
+    """The gateway serves random weights, Triton's decoder the fixture's checkpoint: its
+    masks would be another model's, so readiness says so (both models named) and a click
+    is refused, never answered with them."""
+    async with gateway_factory(
+        checkpoint="random", decoder="triton", triton_url=triton.grpc_url
+    ) as gw:
+        ready = await gw.client.get("/readyz")
+        assert ready.status_code == 503
+        body = ready.json()
+        assert (body["status"], body["decoder"]) == ("not_ready", "mismatch")
+        assert "efficientsam-ti-RANDOM-WEIGHTS" in body["detail"]  # the gateway's
+        assert gw.state.model_id in body["detail"]
+        fixture_digest = next(
+            part for part in body["detail"].split() if part.startswith("efficientsam-ti-a")
+        )
+        assert "RANDOM" not in fixture_digest  # and the decoder's, by its digest
+        image_id = await upload(gw, image_bytes)
+        response = await gw.client.post(
+            "/segment",
+            json={"image_id": image_id, "prompts": [{"points": [[9, 9]], "labels": [1]}]},
+        )
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "decoder_unavailable"
+        assert "model mismatch" in response.json()["error"]["message"]

@@ -6,7 +6,11 @@ and image id) and carries its prompts: ``points`` ``[1, N, P, 2]`` and ``labels`
 of the original image) and, only when the decoder does not hold the image,
 ``embedding`` ``[1, 256, 64, 64]``. The parameter ``candidates`` says which masks come
 back: ``multimask`` (the three candidates), ``single`` (the single-mask output) or
-``best`` (the best of the three by predicted IoU).
+``best`` (the best of the three by predicted IoU). The model id must name this
+decoder's checkpoint (variant and SHA-256 digest, as the gateway's model id does): a
+request from a gateway serving another checkpoint gets an error naming both, and one
+with the parameter ``identity`` answers ``status`` 2 (same checkpoint) or 3 (another)
+and its ``model`` without decoding (the gateway's readiness probe).
 
 Embeddings stay on this instance's device in a bytes-bounded LRU (the config parameter
 ``resident_bytes``); a request without an embedding for an image not held answers
@@ -23,6 +27,7 @@ others.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -40,6 +45,8 @@ from service.model.prompt_encoder import LABEL_PADDING
 
 EMBEDDING_SHAPE = (256, 64, 64)
 NOT_RESIDENT = 1
+#: the answers to an identity probe (request parameter "identity"), with output "model"
+SAME_MODEL, OTHER_MODEL = 2, 3
 CANDIDATES = ("multimask", "single", "best")
 
 
@@ -106,6 +113,10 @@ class TritonPythonModel:
                 "ESAM_CHECKPOINT"
             ) from exc
         self.model = model.to(self.device).eval()
+        # the model id the gateway keys its cache with names the variant and the checkpoint's
+        # digest: a request for another model's embedding is refused, not decoded wrongly
+        digest = "RANDOM-WEIGHTS" if checkpoint == "random" else _digest(checkpoint)
+        self.identity = f"efficientsam-{model.config.variant}-{digest}-"
         self.max_points = model.config.max_points
         self.max_prompts = int(params.get("max_prompts_per_execution", "256"))
         self.max_prompts_per_request = int(params.get("max_prompts_per_request", "64"))
@@ -143,6 +154,15 @@ class TritonPythonModel:
             return _error("the request parameter 'image' (model id and image id) is missing")
         if candidates not in CANDIDATES:
             return _error(f"candidates must be one of {', '.join(CANDIDATES)}")
+        model_id = key.split("/", 1)[0]
+        same = model_id.startswith(self.identity)
+        if parameters.get("identity"):  # the gateway's readiness probe: an answer either way
+            return _status(SAME_MODEL if same else OTHER_MODEL, model=self.identity)
+        if not same:
+            return _error(
+                f"model mismatch: the gateway serves {model_id}, this decoder holds "
+                f"{self.identity}* (point both at the same checkpoint)"
+            )
         points = _input(request, "points")
         labels = _input(request, "labels")
         size = _input(request, "image_size")
@@ -285,16 +305,32 @@ def _padded(job: _Job, to: int) -> tuple[torch.Tensor, torch.Tensor]:
     return points, labels
 
 
+def _digest(path: str) -> str:
+    """The first 12 hex digits of the file's SHA-256, as the gateway's model id has them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
 def _not_resident() -> Any:
+    return _status(NOT_RESIDENT)
+
+
+def _status(status: int, model: str | None = None) -> Any:
+    """An answer that carries no masks: not resident, or the identity probe's (with this
+    decoder's model id prefix as ``model``)."""
     empty = np.zeros((1, 0), dtype=np.int32)
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor("status", np.full((1, 1), NOT_RESIDENT, dtype=np.int32)),
-            pb_utils.Tensor("scores", np.zeros((1, 0, 0), dtype=np.float32)),
-            pb_utils.Tensor("rle_lengths", empty),
-            pb_utils.Tensor("rle_counts", empty),
-        ]
-    )
+    outputs = [
+        pb_utils.Tensor("status", np.full((1, 1), status, dtype=np.int32)),
+        pb_utils.Tensor("scores", np.zeros((1, 0, 0), dtype=np.float32)),
+        pb_utils.Tensor("rle_lengths", empty),
+        pb_utils.Tensor("rle_counts", empty),
+    ]
+    if model is not None:
+        outputs.append(pb_utils.Tensor("model", np.array([[model.encode()]], dtype=np.object_)))
+    return pb_utils.InferenceResponse(output_tensors=outputs)
 
 
 def _error(message: str) -> Any:

@@ -55,6 +55,8 @@ class Decoder(Protocol):
     """
 
     name: str
+    #: why the decoder must not be used (it holds another checkpoint), else None
+    mismatch: str | None
 
     @property
     def everything_jobs_running(self) -> int:

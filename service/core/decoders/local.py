@@ -22,6 +22,7 @@ from service.model.masks import encode_rle, rle_area_bbox, upsample_masks
 
 class LocalDecoder:
     name = "local"
+    mismatch: str | None = None  # the gateway's own model: always its checkpoint
 
     def __init__(
         self,

@@ -51,6 +51,7 @@ from service.model.masks import compress_rle, counts_area_bbox
 log = logging.getLogger(__name__)
 
 NOT_RESIDENT = 1
+OTHER_MODEL = 3  # an identity probe's answer: the decoder holds another checkpoint
 #: prompts per Triton request (the model's max_prompts_per_request)
 PROMPTS_PER_REQUEST = 64
 _OUTPUTS = ("status", "scores", "rle_lengths", "rle_counts")
@@ -82,6 +83,8 @@ class TritonDecoder:
         self._fallback = fallback
         self._owns_pool = owns_pool
         self._module: Any = grpcclient if pool.protocol == "grpc" else httpclient
+        #: set by ``ready`` when an endpoint holds another checkpoint (both named)
+        self.mismatch: str | None = None
 
     @property
     def everything_jobs_running(self) -> int:
@@ -97,7 +100,60 @@ class TritonDecoder:
             await self._pool.close()
 
     async def ready(self) -> bool:
-        return await self._pool.ready()
+        """Some endpoint is ready, and every endpoint that answers holds this gateway's
+        checkpoint (an identity probe each; ``mismatch`` names both models otherwise)."""
+        if not await self._pool.ready():
+            return False
+        endpoints = list(self._pool.endpoints.values())
+        found = await asyncio.gather(*(self._identity(e) for e in endpoints))
+        wrong = [
+            f"{e.address} holds {model}*"
+            for e, model in zip(endpoints, found, strict=True)
+            if model
+        ]
+        self.mismatch = (
+            f"decoder model mismatch: this gateway serves {self._model_id}; " + ", ".join(wrong)
+            if wrong
+            else None
+        )
+        if self.mismatch:
+            log.error("%s", self.mismatch)
+        return self.mismatch is None
+
+    async def _identity(self, endpoint: TritonEndpoint) -> str | None:
+        """The endpoint's model when it is another than this gateway's; None when it is the
+        same, or the endpoint did not answer (that is readiness's business, not identity's)."""
+        module = self._module
+        options = {"binary_data": True} if module is httpclient else {}
+        inputs = []
+        for name, array in (
+            ("points", np.zeros((1, 1, 1, 2), dtype=np.float32)),
+            ("labels", np.ones((1, 1, 1), dtype=np.float32)),
+            ("image_size", np.ones((1, 2), dtype=np.int32)),
+        ):
+            tensor = module.InferInput(
+                name, list(array.shape), "INT32" if name == "image_size" else "FP32"
+            )
+            tensor.set_data_from_numpy(array, **options)
+            inputs.append(tensor)
+        outputs = [module.InferRequestedOutput(n, **options) for n in ("status", "model")]
+        try:
+            result = await asyncio.wait_for(
+                endpoint.client.infer(
+                    self.model_name,
+                    inputs,
+                    outputs=outputs,
+                    parameters={"image": f"{self._model_id}/identity", "identity": True},
+                ),
+                endpoint.probe_timeout_s,
+            )
+        except Exception as exc:  # not answered: readiness reports it
+            log.debug("decoder identity probe at %s failed: %s", endpoint.address, exc)
+            return None
+        if int(result.as_numpy("status").reshape(-1)[0]) != OTHER_MODEL:
+            return None
+        model = result.as_numpy("model").reshape(-1)[0]
+        return model.decode() if isinstance(model, bytes) else str(model)
 
     async def everything(
         self, crops: Sequence[tuple[Box, Embedding]], params: EverythingParams

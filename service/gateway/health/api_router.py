@@ -28,6 +28,13 @@ class Readiness(BaseModel):
         description="can new images be encoded now (reported, not required)"
     )
     redis: Literal["disabled", "ok", "down"] = Field(description="reported, not required")
+    decoder: Literal["ok", "unavailable", "mismatch"] = Field(
+        description="can clicks be decoded now (ESAM_DECODER=triton: reported; `mismatch`, a "
+        "Triton decoder holding another checkpoint, takes the gateway out of service)"
+    )
+    detail: str | None = Field(
+        default=None, description="why not ready (the two models of a mismatch)"
+    )
 
 
 @router.get("/healthz", response_model=Health, summary="The process is alive")
@@ -46,6 +53,13 @@ async def _encoder_ok(state: ServingState) -> bool:
         return False
 
 
+async def _decoder_ok(state: ServingState) -> bool:
+    try:
+        return await asyncio.wait_for(state.decoder.ready(), 2 * _PROBE_TIMEOUT_S)
+    except TimeoutError:
+        return False
+
+
 @router.get(
     "/readyz",
     response_model=Readiness,
@@ -54,21 +68,32 @@ async def _encoder_ok(state: ServingState) -> bool:
         "200 while this process can answer `/segment` on cached embeddings: the decoder is "
         "loaded and the process is not shutting down. An unavailable encoder (Triton down) "
         "or Redis does not take the gateway out of service: prompts on cached images need "
-        "neither, and new images get a fast 503 with `Retry-After`. The body reports both."
+        "neither, and new images get a fast 503 with `Retry-After`. The body reports both, "
+        "and the decoder; a Triton decoder that holds another checkpoint than this gateway "
+        "(`decoder: mismatch`, both models in `detail`) is a 503: its masks would be wrong."
     ),
-    responses={503: {"model": Readiness, "description": "shutting down"}},
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "shutting down, or the Triton decoder holds another checkpoint",
+        }
+    },
 )
 async def readyz(state: State, response: Response) -> Readiness:
-    encoder_ok, redis = await asyncio.gather(
-        _encoder_ok(state), state.embeddings.cache.redis_status()
+    encoder_ok, decoder_ok, redis = await asyncio.gather(
+        _encoder_ok(state), _decoder_ok(state), state.embeddings.cache.redis_status()
     )
-    if state.draining:
+    mismatch = state.decoder.mismatch
+    serving = not state.draining and mismatch is None
+    if not serving:
         response.status_code = 503
     return Readiness(
-        status="not_ready" if state.draining else "ready",
+        status="ready" if serving else "not_ready",
         model=state.model_id,
         encoder="ok" if encoder_ok else "unavailable",
         redis=redis,
+        decoder="mismatch" if mismatch else "ok" if decoder_ok else "unavailable",
+        detail=mismatch,
     )
 
 
