@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         le=600,
         description="Deadline of one click's decode in Triton (a re-sent embedding included).",
     )
+    decoder_fallback: bool = Field(
+        default=True,
+        description="With ESAM_DECODER=triton: a click Triton cannot take (down, restarting, "
+        "past the deadline) is decoded in this process while a decoder thread is free, "
+        "instead of 503.",
+    )
     max_pending_decodes: int = Field(
         default=1024,
         ge=1,

@@ -90,6 +90,11 @@ class Metrics:
             "resident).",
             registry=r,
         )
+        self.decoder_fallbacks = Counter(
+            "esam_decoder_fallbacks_total",
+            "Clicks decoded in the gateway because the Triton decoder could not take them.",
+            registry=r,
+        )
         self.decoder_embedding_sends = Counter(
             "esam_decoder_embedding_sends_total",
             "Triton decoder calls repeated with the embedding (the image was not resident).",

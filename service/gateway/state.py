@@ -115,6 +115,7 @@ def build_decoder(
         metrics=metrics,
         fallback=local,
         owns_pool=not shared,
+        use_fallback=settings.decoder_fallback,
     )
 
 

@@ -121,16 +121,27 @@ async def test_clicks_of_many_images_share_decoder_executions(
 async def test_a_triton_restart_under_clicks_fails_none(
     gateway_factory: GatewayFactory, fixture: Fixture, image_bytes: bytes, tmp_path: Path
 ) -> None:
-    """The restart loses residency; the next click sends the embedding again."""
+    """While Triton restarts, clicks are decoded by the gateway's own decoder (none fails);
+    the restart loses residency, so Triton's next click gets the embedding again. With
+    ESAM_DECODER_FALLBACK=false a click meanwhile is 503 with Retry-After."""
     server = start_triton(tmp_path, fixture.checkpoint, decoder=True)
     prompts = fixture_prompts(fixture)[:1]
+    settings = {
+        "encoder": "triton",
+        "decoder": "triton",
+        "triton_url": server.grpc_url,
+        "decode_timeout_s": 60,
+    }
     try:
-        async with gateway_factory(
-            encoder="triton", decoder="triton", triton_url=server.grpc_url, decode_timeout_s=60
-        ) as gw:
+        async with (
+            gateway_factory(**settings) as gw,
+            gateway_factory(**settings, decoder_fallback=False) as strict,
+        ):
             image_id = await upload(gw, image_bytes)
+            await upload(strict, image_bytes)
             first = await click(gw, image_id, prompts)
-            assert sends(gw) == 1
+            await click(strict, image_id, prompts)
+            assert sends(gw) <= 1  # the other gateway may have made it resident first
             clicking = True
             answers: list[int] = []
 
@@ -144,20 +155,37 @@ async def test_a_triton_restart_under_clicks_fails_none(
             task = asyncio.create_task(annotator())
             await asyncio.sleep(1.0)
             await asyncio.to_thread(server.stop)
-            down = await gw.client.post("/segment", json={"image_id": image_id, "prompts": prompts})
+            during = await click(gw, image_id, prompts)  # decoded here meanwhile
+            refused = await strict.client.post(
+                "/segment", json={"image_id": image_id, "prompts": prompts}
+            )
             await asyncio.to_thread(server.start)
-            await asyncio.sleep(1.0)
+            # until the clicks reach Triton again (its circuit closes once it is ready)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while True:
+                fallbacks = gw.metric("esam_decoder_fallbacks_total")
+                again = await click(gw, image_id, prompts)
+                if gw.metric("esam_decoder_fallbacks_total") == fallbacks:
+                    break
+                assert loop.time() < deadline, "the clicks never went back to Triton"
+                await asyncio.sleep(0.2)
             clicking = False
             await task
-            again = await click(gw, image_id, prompts)
-            assert again["results"] == first["results"]
-            assert sends(gw) >= 2  # residency was lost with the restart, and re-sent
-            # while Triton was down: 503 with Retry-After; no click ever failed otherwise
-            assert down.status_code == 503, down.text
-            assert down.json()["error"]["code"] == "decoder_unavailable"
-            assert int(down.headers["Retry-After"]) >= 1
-            assert set(answers) <= {200, 503}
-            assert answers[-1] == 200
+            assert set(answers) == {200}  # no click failed
+            assert gw.metric("esam_decoder_fallbacks_total") >= 1
+            for result in (during, again):
+                for a, b in zip(
+                    result["results"][0]["candidates"],
+                    first["results"][0]["candidates"],
+                    strict=True,
+                ):
+                    assert mask_iou(rle_mask(a), rle_mask(b)) >= 0.99
+                    assert abs(a["score"] - b["score"]) <= 1e-4
+            assert sends(gw) >= 2  # residency was lost with the restart: sent again
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "decoder_unavailable"
+            assert int(refused.headers["Retry-After"]) >= 1
     finally:
         server.stop()
 

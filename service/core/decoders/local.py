@@ -45,6 +45,11 @@ class LocalDecoder:
     def everything_jobs_running(self) -> int:
         return self._everything_running
 
+    @property
+    def has_free_slot(self) -> bool:
+        """A decode would start at once (no thread busy with all the others)."""
+        return not self._slots.locked()
+
     async def start(self) -> None:
         pass
 

@@ -14,7 +14,11 @@ idempotent, and the embedding goes along when that one lacks it); a timeout is n
 retried. At most ``max_pending`` calls wait on Triton per gateway: beyond, 429 at once.
 
 Segment everything runs on the in-process decoder (``fallback``): its stability score
-needs every candidate's full-size logits, which this model does not return.
+needs every candidate's full-size logits, which this model does not return. A click
+that Triton cannot take (unreachable, every circuit open, past the deadline: a restart,
+an outage) is decoded by that decoder too while one of its threads is free
+(``ESAM_DECODER_FALLBACK``, on by default; ``esam_decoder_fallbacks_total``), else it
+gets 503 ``decoder_unavailable`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,12 @@ _OUTPUTS = ("status", "scores", "rle_lengths", "rle_counts")
 _LOGITS = "low_res_logits"
 
 
+class TritonDownError(DecoderUnavailableError):
+    """Triton could not be used for this click (unreachable, every circuit open, past the
+    deadline): the click may be decoded here instead. Not raised when Triton *answered*
+    with an error about the click (another checkpoint, a malformed request)."""
+
+
 class TritonDecoder:
     name = "triton"
 
@@ -72,6 +82,7 @@ class TritonDecoder:
         metrics: Metrics,
         fallback: LocalDecoder,
         owns_pool: bool,
+        use_fallback: bool = True,
     ) -> None:
         self._pool = pool
         self._model_id = model_id
@@ -81,6 +92,7 @@ class TritonDecoder:
         self._pending = 0
         self._metrics = metrics
         self._fallback = fallback
+        self._use_fallback = use_fallback
         self._owns_pool = owns_pool
         self._module: Any = grpcclient if pool.protocol == "grpc" else httpclient
         #: set by ``ready`` when an endpoint holds another checkpoint (both named)
@@ -176,7 +188,15 @@ class TritonDecoder:
                     self._decode(request, first, min(first + PROMPTS_PER_REQUEST, n))
                     for first in range(0, n, PROMPTS_PER_REQUEST)
                 ]
-                parts = await asyncio.gather(*chunks)
+                try:
+                    parts = await asyncio.gather(*chunks)
+                except TritonDownError:
+                    if not self._use_fallback or not self._fallback.has_free_slot:
+                        raise
+                    # Triton is down or restarting: this click is decoded here, not failed
+                    self._metrics.decoder_fallbacks.inc()
+                    span.set_attribute("esam.decoder", self._fallback.name)
+                    return await self._fallback.segment(request)
         finally:
             self._pending -= 1
         self._metrics.decoder_duration.observe(time.perf_counter() - start)
@@ -194,7 +214,7 @@ class TritonDecoder:
             if picked is None:
                 self._metrics.decoder_errors.labels("circuit_open").inc()
                 self._pool.probe_soon()
-                raise DecoderUnavailableError(
+                raise TritonDownError(
                     "the decoder is unavailable (every Triton circuit is open after repeated "
                     "failures)",
                     retry_after_s=self._pool.retry_after_s(),
@@ -208,7 +228,7 @@ class TritonDecoder:
                     log.info("decode: retrying elsewhere after %s", exc)
                     continue
                 self._metrics.decoder_errors.labels("unreachable").inc()
-                raise DecoderUnavailableError(
+                raise TritonDownError(
                     "the decoder (Triton) is unreachable", retry_after_s=self._pool.retry_after_s()
                 ) from exc
             return self._candidates(result, request)
@@ -235,9 +255,7 @@ class TritonDecoder:
         except TimeoutError as exc:
             call.failure()
             self._metrics.decoder_errors.labels("timeout").inc()
-            raise DecoderUnavailableError(
-                f"the decoder did not answer within {self.timeout_s:g}s"
-            ) from exc
+            raise TritonDownError(f"the decoder did not answer within {self.timeout_s:g}s") from exc
         except Exception as exc:
             if unreachable(exc):
                 endpoint.forget_model_check()
