@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from service.devtools.benchmarking import photo_jpeg
+from service.devtools.benchmarking import cpu_seconds, photo_jpeg
 from service.devtools.gateway_process import GatewayProcess
 from service.devtools.prometheus import sample_sum
 from service.devtools.redis_server import free_port
@@ -49,17 +49,6 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))
 CHECKPOINT = FIXTURE / "efficientsam-ti-seed0" / "efficient_sam_vitt_random_seed0.pt"
 JPEG = {"Content-Type": "image/jpeg"}
-
-
-def cpu_seconds(pid: int) -> float:
-    """All threads' run time from the scheduler, in nanosecond resolution."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total / 1e9
 
 
 class Route:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tritonclient.utils import np_to_triton_dtype
 
 from service.core.loading import load_serving_model
 from service.devtools.benchmarking import (
@@ -161,7 +162,7 @@ def click_inputs(module: Any, index: int, embedding: np.ndarray | None = None) -
         tensors["embedding"] = embedding
     inputs = []
     for name, array in tensors.items():
-        kind = {"float32": "FP32", "float16": "FP16", "int32": "INT32"}[array.dtype.name]
+        kind = np_to_triton_dtype(array.dtype)
         tensor = module.InferInput(name, list(array.shape), kind)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)

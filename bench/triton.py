@@ -36,7 +36,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
 
-from service.devtools.benchmarking import bytes_input, drive, photo_jpeg
+from service.devtools.benchmarking import bytes_input, cpu_seconds, drive, photo_jpeg
 from service.devtools.gateway_process import GatewayProcess
 from service.devtools.redis_server import free_port
 from service.devtools.triton import LocalTriton, grpc_request_of
@@ -102,18 +102,6 @@ async def bench_direct(
                 row(label, c, n, wall, lat, server.counter("nv_inference_exec_count") - before)
             )
     return rows
-
-
-def cpu_seconds(pid: int) -> float:
-    """The process's CPU time, all threads, in nanosecond resolution (the scheduler's
-    run time; ``/proc/<pid>/stat`` counts 10 ms ticks)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread that ended meanwhile
-    return total / 1e9
 
 
 async def gateway_cpu(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import CheckpointError, WeightsDownloadError
-from service.model import EfficientSam, Variant, load_model, random_model
+from service.model import EfficientSam, Variant, load_model, random_model, weights_id
 from service.model.weights import download_weights
 from service.settings import Settings
 
@@ -25,14 +24,6 @@ class LoadedModel:
     random_weights: bool
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_serving_model(checkpoint: str, variant: Variant | None, device: str) -> LoadedModel:
     """``checkpoint`` is a path, or ``random`` for the demo mode."""
     if checkpoint == "random":
@@ -43,12 +34,11 @@ def load_serving_model(checkpoint: str, variant: Variant | None, device: str) ->
             chosen,
         )
         model = random_model(chosen).to(device)
-        model_id = f"efficientsam-{chosen}-RANDOM-WEIGHTS-p{PREPROCESS_VERSION}"
+        model_id = f"{weights_id(chosen, checkpoint)}-p{PREPROCESS_VERSION}"
         return LoadedModel(model, model_id, random_weights=True)
     path = Path(checkpoint)
     model = load_model(path, variant, device)
-    digest = _file_digest(path)[:12]
-    model_id = f"efficientsam-{model.config.variant}-{digest}-p{PREPROCESS_VERSION}"
+    model_id = f"{weights_id(model.config.variant, checkpoint)}-p{PREPROCESS_VERSION}"
     log.info("loaded %s from %s", model_id, path)
     return LoadedModel(model, model_id, random_weights=False)
 

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from service import __version__
-from service.core.loading import LoadedModel, resolve_checkpoint
+from service.core.loading import LoadedModel, load_serving_model, resolve_checkpoint
 from service.core.metrics import Metrics
 from service.gateway.auth import ApiKeyMiddleware
 from service.gateway.docs.api_router import router as docs_router
@@ -26,7 +26,7 @@ from service.gateway.labelstudio.api_router import router as labelstudio_router
 from service.gateway.labelstudio.serving import LabelStudioBackend
 from service.gateway.middleware import RequestContextMiddleware, UnhandledErrorMiddleware
 from service.gateway.segment.api_router import router as segment_router
-from service.gateway.state import EncoderBuilder, build_encoder, init_state, load_model_for
+from service.gateway.state import EncoderBuilder, build_encoder, init_state
 from service.gateway.ui.api_router import router as ui_router
 from service.settings import Settings
 
@@ -60,7 +60,9 @@ def build_app(
 
     async def load() -> LoadedModel:
         checkpoint = await asyncio.to_thread(resolve_checkpoint, settings)
-        return await asyncio.to_thread(load_model_for, settings, checkpoint)
+        return await asyncio.to_thread(
+            load_serving_model, checkpoint, settings.variant, settings.decoder_device
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

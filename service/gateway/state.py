@@ -15,7 +15,7 @@ from service.core.cache.redis_client import RedisTarget
 from service.core.decoders import Decoder, LocalDecoder
 from service.core.embeddings import EmbeddingService
 from service.core.encoders import Encoder, LocalEncoder
-from service.core.loading import LoadedModel, load_serving_model
+from service.core.loading import LoadedModel
 from service.core.metrics import Metrics
 from service.settings import Settings
 
@@ -94,18 +94,17 @@ def build_decoder(
     from service.core.decoders.triton import TritonDecoder
     from service.core.encoders.triton_pool import TritonEncoder
 
-    shared = isinstance(encoder, TritonEncoder)
-    pool = (
-        encoder
-        if isinstance(encoder, TritonEncoder)
-        else TritonEncoder(
+    if isinstance(encoder, TritonEncoder):
+        pool, owns_pool = encoder, False
+    else:
+        pool = TritonEncoder(
             settings.triton_url,
             model_name=settings.triton_decoder_model,
             timeout_s=settings.decode_timeout_s,
             resolve_s=settings.triton_resolve_s,
             metrics=metrics,
         )
-    )
+        owns_pool = True
     return TritonDecoder(
         pool,
         model_id=loaded.model_id,
@@ -114,13 +113,9 @@ def build_decoder(
         max_pending=settings.max_pending_decodes,
         metrics=metrics,
         fallback=local,
-        owns_pool=not shared,
+        owns_pool=owns_pool,
         use_fallback=settings.decoder_fallback,
     )
-
-
-def load_model_for(settings: Settings, checkpoint: str) -> LoadedModel:
-    return load_serving_model(checkpoint, settings.variant, settings.decoder_device)
 
 
 async def init_state(

@@ -9,6 +9,7 @@ Accepted files:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
 from collections.abc import Mapping
@@ -148,3 +149,16 @@ def load_named(checkpoint: str, variant: Variant = "ti") -> EfficientSam:
     if not checkpoint or not Path(checkpoint).is_file():
         raise CheckpointError(f"checkpoint {checkpoint!r} not found")
     return load_model(checkpoint)
+
+
+def weights_id(variant: Variant, checkpoint: str) -> str:
+    """What names a model's weights: ``efficientsam-<variant>-<first 12 hex digits of the
+    checkpoint file's SHA-256>``, or ``...-RANDOM-WEIGHTS`` for ``random``. The gateway's
+    model id (the cache's key) starts with it; the Triton decoder checks clicks against it."""
+    if checkpoint == "random":
+        return f"efficientsam-{variant}-RANDOM-WEIGHTS"
+    digest = hashlib.sha256()
+    with Path(checkpoint).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"efficientsam-{variant}-{digest.hexdigest()[:12]}"

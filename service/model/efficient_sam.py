@@ -90,17 +90,43 @@ class EfficientSam(nn.Module):
         ``embedding``: ``[1, 256, 64, 64]`` for one image, or ``[N, 256, 64, 64]``, one
         per prompt (prompts of several images in one pass); the rest as :meth:`decode`.
         """
-        max_points = self.config.max_points
-        num_points = points.shape[1]
-        if num_points > max_points:
-            raise ValueError(f"at most {max_points} points per prompt, got {num_points}")
-        points = points.to(self.device, torch.float32)
-        labels = labels.to(self.device, torch.float32)
-        if num_points < max_points:
-            points = F.pad(points, (0, 0, 0, max_points - num_points), value=-1.0)
-            labels = F.pad(labels, (0, max_points - num_points), value=float(LABEL_PADDING))
+        points, labels = pad_prompts(
+            points.to(self.device, torch.float32),
+            labels.to(self.device, torch.float32),
+            self.config.max_points,
+        )
         tokens = self.prompt_encoder(points, labels)
         logits, iou = self.mask_decoder(
             embedding.to(self.device, torch.float32), self.prompt_encoder.dense_positions(), tokens
         )
         return logits, iou
+
+
+def pad_prompts(points: Tensor, labels: Tensor, max_points: int) -> tuple[Tensor, Tensor]:
+    """``[N, P, 2]`` points and ``[N, P]`` labels → ``max_points`` points each, padded as
+    the reference pads (coordinate -1, label -1); prompts of any length then batch."""
+    num_points = points.shape[1]
+    if num_points > max_points:
+        raise ValueError(f"at most {max_points} points per prompt, got {num_points}")
+    if num_points < max_points:
+        points = F.pad(points, (0, 0, 0, max_points - num_points), value=-1.0)
+        labels = F.pad(labels, (0, max_points - num_points), value=float(LABEL_PADDING))
+    return points, labels
+
+
+#: which masks of a prompt are wanted: the three multimask candidates, the single-mask
+#: output, or only the best of the three by predicted IoU
+Candidates = Literal["multimask", "single", "best"]
+
+
+def ranked_candidates(logits: Tensor, iou: Tensor, candidates: Candidates) -> tuple[Tensor, Tensor]:
+    """:meth:`EfficientSam.decode_all`'s ``[N, 4, H, W]`` logits and ``[N, 4]`` IoU → the
+    candidates asked for, best first (ties keep token order): ``[N, K, H, W]``, ``[N, K]``."""
+    if candidates == "single":
+        return logits[:, :1], iou[:, :1]
+    logits, iou = logits[:, 1:], iou[:, 1:]
+    order = torch.argsort(iou, dim=1, descending=True, stable=True)
+    if candidates == "best":
+        order = order[:, :1]
+    index = order[:, :, None, None].expand(-1, -1, *logits.shape[2:])
+    return torch.gather(logits, 1, index), torch.gather(iou, 1, order)

@@ -15,10 +15,10 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from service.core.encoders import EncodedImage, Encoder
-from service.core.loading import LoadedModel
+from service.core.loading import LoadedModel, load_serving_model
 from service.core.metrics import Metrics
 from service.gateway import build_app
-from service.gateway.state import ServingState, build_encoder, load_model_for
+from service.gateway.state import ServingState, build_encoder
 from service.model.preprocess import ImageHeader
 from service.settings import Settings
 from tests.conftest import Fixture
@@ -163,7 +163,7 @@ def gateway_factory(
         if settings.checkpoint not in (None, "random"):
             key = (settings.checkpoint, settings.variant, settings.decoder_device)
             if key not in serving_models:
-                serving_models[key] = load_model_for(settings, settings.checkpoint)
+                serving_models[key] = load_serving_model(*key)
             model = serving_models[key]
 
         def remembering(settings: Settings, loaded: LoadedModel, metrics: Metrics) -> Encoder:

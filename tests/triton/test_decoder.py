@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 from pycocotools import mask as coco_mask
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service.core.loading import load_serving_model
 from service.devtools.triton import LocalTriton
@@ -47,7 +47,7 @@ def decoder_inputs(
         tensors["embedding"] = embedding.reshape(1, 256, 64, 64).astype(np.float16)
     inputs = []
     for name, array in tensors.items():
-        dtype = {np.float32: "FP32", np.float16: "FP16", np.int32: "INT32"}[array.dtype.type]
+        dtype = np_to_triton_dtype(array.dtype)
         tensor = module.InferInput(name, list(array.shape), dtype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)

@@ -27,27 +27,25 @@ others.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from service.core.embedding import EMBEDDING_SHAPE
 from service.errors import CheckpointError
-from service.model import load_named
+from service.model import Candidates, load_named, pad_prompts, ranked_candidates, weights_id
 from service.model.masks import run_lengths, upsample_masks
-from service.model.prompt_encoder import LABEL_PADDING
 
-EMBEDDING_SHAPE = (256, 64, 64)
 NOT_RESIDENT = 1
 #: the answers to an identity probe (request parameter "identity"), with output "model"
 SAME_MODEL, OTHER_MODEL = 2, 3
-CANDIDATES = ("multimask", "single", "best")
+CANDIDATES = get_args(Candidates)
 
 
 class Resident:
@@ -92,7 +90,7 @@ class _Job:
     labels: torch.Tensor  # [N, P]
     height: int
     width: int
-    candidates: str
+    candidates: Candidates
     logits_wanted: bool
 
 
@@ -113,10 +111,9 @@ class TritonPythonModel:
                 "ESAM_CHECKPOINT"
             ) from exc
         self.model = model.to(self.device).eval()
-        # the model id the gateway keys its cache with names the variant and the checkpoint's
-        # digest: a request for another model's embedding is refused, not decoded wrongly
-        digest = "RANDOM-WEIGHTS" if checkpoint == "random" else _digest(checkpoint)
-        self.identity = f"efficientsam-{model.config.variant}-{digest}-"
+        # the model id the gateway keys its cache with starts with the weights' id: a click
+        # for another model's embedding is refused, not decoded with these weights
+        self.identity = weights_id(model.config.variant, checkpoint) + "-"
         self.max_points = model.config.max_points
         self.max_prompts = int(params.get("max_prompts_per_execution", "256"))
         self.max_prompts_per_request = int(params.get("max_prompts_per_request", "64"))
@@ -184,14 +181,14 @@ class TritonPythonModel:
         height, width = (int(v) for v in size.reshape(-1))
         given = _input(request, "embedding")
         if given is not None:
-            if tuple(given.shape) != (1, *EMBEDDING_SHAPE):
+            if tuple(given.shape) != EMBEDDING_SHAPE:
                 return _error(f"embedding must be [1, 256, 64, 64], got {list(given.shape)}")
             embedding = given[0].to(self.device, self.resident_dtype)  # a copy: inputs are freed
             self.resident.put(key, embedding)
         else:
             found = self.resident.get(key)
             if found is None:
-                return _not_resident()
+                return _status(NOT_RESIDENT)
             embedding = found
         return _Job(
             index=index,
@@ -243,7 +240,8 @@ class TritonPythonModel:
 
     def _decode(self, group: list[_Job]) -> list[Any]:
         """One forward pass over every prompt of the group, then each request's masks."""
-        padded = [_padded(j, self.max_points) for j in group]
+        # every request's prompts padded to the same length, so that they form one batch
+        padded = [pad_prompts(j.points.float(), j.labels.float(), self.max_points) for j in group]
         points = torch.cat([p for p, _ in padded]).to(self.device)
         labels = torch.cat([lab for _, lab in padded]).to(self.device)
         owners = torch.cat(
@@ -262,15 +260,7 @@ class TritonPythonModel:
 
     def _masks(self, job: _Job, logits: torch.Tensor, iou: torch.Tensor) -> Any:
         """``[N, 4, 256, 256]`` logits of one request → its response."""
-        if job.candidates == "single":
-            logits, iou = logits[:, :1], iou[:, :1]
-        else:
-            logits, iou = logits[:, 1:], iou[:, 1:]
-        order = torch.argsort(iou, dim=1, descending=True, stable=True)
-        if job.candidates == "best":
-            order = order[:, :1]
-        iou = torch.gather(iou, 1, order)
-        logits = torch.gather(logits, 1, order[:, :, None, None].expand(-1, -1, *logits.shape[2:]))
+        logits, iou = ranked_candidates(logits, iou, job.candidates)
         n, k = iou.shape
         masks = upsample_masks(logits, job.height, job.width).reshape(n * k, job.height, job.width)
         lengths, counts = run_lengths(masks)
@@ -292,30 +282,6 @@ def _input(request: Any, name: str) -> torch.Tensor | None:
     if tensor.is_cpu():
         return torch.from_numpy(tensor.as_numpy().copy())
     return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).clone()
-
-
-def _padded(job: _Job, to: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts of P points → ``to`` points, padded as the model pads (-1, label -1), so
-    that the prompts of every request of the execution form one batch."""
-    n, p = job.points.shape[0], job.points.shape[1]
-    points = torch.full((n, to, 2), -1.0, dtype=torch.float32)
-    points[:, :p] = job.points.float()
-    labels = torch.full((n, to), float(LABEL_PADDING), dtype=torch.float32)
-    labels[:, :p] = job.labels.float()
-    return points, labels
-
-
-def _digest(path: str) -> str:
-    """The first 12 hex digits of the file's SHA-256, as the gateway's model id has them."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
-
-
-def _not_resident() -> Any:
-    return _status(NOT_RESIDENT)
 
 
 def _status(status: int, model: str | None = None) -> Any:

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from service.core.embedding import Embedding
 from service.core.everything import Box, EverythingParams, Proposal
+from service.model import Candidates
 from service.model.masks import CocoRle
-
-#: which masks come back per prompt: the three multimask candidates, the single-mask
-#: output, or only the best of the three by predicted IoU
-Candidates = Literal["multimask", "single", "best"]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from service.core.everything import Box, Crop, EverythingParams, Proposal, segme
 from service.core.metrics import Metrics
 from service.core.tracing import in_context, tracer
 from service.errors import OverloadedError
-from service.model import EfficientSam
+from service.model import EfficientSam, ranked_candidates
 from service.model.masks import encode_rle, rle_area_bbox, upsample_masks
 
 
@@ -130,30 +130,25 @@ class LocalDecoder:
     def _run(self, request: DecodeRequest) -> list[list[Candidate]]:
         embedding = torch.from_numpy(request.embedding.as_float32())
         with torch.inference_mode():
-            logits, iou = self._model.decode(
-                embedding,
-                torch.from_numpy(request.points),
-                torch.from_numpy(request.labels),
-                multimask=request.candidates != "single",
+            logits, iou = self._model.decode_all(
+                embedding, torch.from_numpy(request.points), torch.from_numpy(request.labels)
             )
-            logits, iou = logits.cpu(), iou.cpu()
+            logits, iou = ranked_candidates(logits.cpu(), iou.cpu(), request.candidates)
         with tracer.start_as_current_span("esam.masks.upsample"):
             return self._masks(request, logits, iou)
 
     def _masks(
         self, request: DecodeRequest, logits: torch.Tensor, iou: torch.Tensor
     ) -> list[list[Candidate]]:
-        """Full-size masks of the candidates asked for, best first, as COCO RLE."""
-        keep = 1 if request.candidates == "best" else None
+        """Full-size masks of the candidates (already chosen and ranked) as COCO RLE."""
         results = []
         for prompt_logits, prompt_iou in zip(logits, iou, strict=True):
-            order = torch.argsort(prompt_iou, descending=True, stable=True)[:keep]
             masks = upsample_masks(
-                prompt_logits[order], request.embedding.height, request.embedding.width
+                prompt_logits, request.embedding.height, request.embedding.width
             ).numpy()
             candidates = []
-            for rank, k in enumerate(order.tolist()):
-                rle = encode_rle(masks[rank])
+            for k in range(len(prompt_iou)):
+                rle = encode_rle(masks[k])
                 area, bbox = rle_area_bbox(rle)
                 candidates.append(
                     Candidate(

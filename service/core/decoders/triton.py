@@ -33,6 +33,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
 from numpy.typing import NDArray
+from tritonclient.utils import np_to_triton_dtype
 
 from service.core.circuit import Call
 from service.core.decoders.base import Candidate, DecodeRequest
@@ -135,26 +136,19 @@ class TritonDecoder:
     async def _identity(self, endpoint: TritonEndpoint) -> str | None:
         """The endpoint's model when it is another than this gateway's; None when it is the
         same, or the endpoint did not answer (that is readiness's business, not identity's)."""
-        module = self._module
-        options = {"binary_data": True} if module is httpclient else {}
-        inputs = []
-        for name, array in (
-            ("points", np.zeros((1, 1, 1, 2), dtype=np.float32)),
-            ("labels", np.ones((1, 1, 1), dtype=np.float32)),
-            ("image_size", np.ones((1, 2), dtype=np.int32)),
-        ):
-            tensor = module.InferInput(
-                name, list(array.shape), "INT32" if name == "image_size" else "FP32"
-            )
-            tensor.set_data_from_numpy(array, **options)
-            inputs.append(tensor)
-        outputs = [module.InferRequestedOutput(n, **options) for n in ("status", "model")]
+        inputs = self._inputs(
+            {
+                "points": np.zeros((1, 1, 1, 2), dtype=np.float32),
+                "labels": np.ones((1, 1, 1), dtype=np.float32),
+                "image_size": np.ones((1, 2), dtype=np.int32),
+            }
+        )
         try:
             result = await asyncio.wait_for(
                 endpoint.client.infer(
                     self.model_name,
                     inputs,
-                    outputs=outputs,
+                    outputs=self._outputs(("status", "model")),
                     parameters={"image": f"{self._model_id}/identity", "identity": True},
                 ),
                 endpoint.probe_timeout_s,
@@ -284,9 +278,6 @@ class TritonDecoder:
         embedding: Embedding | None,
         deadline: float,
     ) -> Any:
-        module = self._module
-        http = module is httpclient
-        options = {"binary_data": True} if http else {}
         tensors: dict[str, NDArray[Any]] = {
             "points": request.points[first:last][None].astype(np.float32, copy=False),
             "labels": request.labels[first:last][None].astype(np.float32, copy=False),
@@ -298,27 +289,38 @@ class TritonDecoder:
             tensors["embedding"] = embedding.array.reshape(EMBEDDING_SHAPE).astype(
                 np.float16, copy=False
             )
-        inputs = []
-        for name, array in tensors.items():
-            datatype = {"float32": "FP32", "float16": "FP16", "int32": "INT32"}[array.dtype.name]
-            tensor = module.InferInput(name, list(array.shape), datatype)
-            tensor.set_data_from_numpy(array, **options)
-            inputs.append(tensor)
+        inputs = self._inputs(tensors)
         self._metrics.decoder_sent_bytes.inc(sum(a.nbytes for a in tensors.values()))
-        names = [*_OUTPUTS, _LOGITS] if request.return_logits else list(_OUTPUTS)
-        outputs = [module.InferRequestedOutput(name, **options) for name in names]
+        names = (*_OUTPUTS, _LOGITS) if request.return_logits else _OUTPUTS
         remaining = max(0.001, deadline - time.monotonic())
         return await asyncio.wait_for(
             endpoint.client.infer(
                 self.model_name,
                 inputs,
-                outputs=outputs,
+                outputs=self._outputs(names),
                 parameters={"image": key, "candidates": request.candidates},
                 request_id=current_request_id(default=""),
                 headers=trace_headers() or None,
             ),
             remaining,
         )
+
+    def _options(self) -> dict[str, bool]:
+        """Tensors travel as binary over HTTP (JSON otherwise); gRPC has only one way."""
+        return {"binary_data": True} if self._module is httpclient else {}
+
+    def _inputs(self, tensors: dict[str, NDArray[Any]]) -> list[Any]:
+        inputs = []
+        for name, array in tensors.items():
+            tensor = self._module.InferInput(
+                name, list(array.shape), np_to_triton_dtype(array.dtype)
+            )
+            tensor.set_data_from_numpy(array, **self._options())
+            inputs.append(tensor)
+        return inputs
+
+    def _outputs(self, names: Sequence[str]) -> list[Any]:
+        return [self._module.InferRequestedOutput(name, **self._options()) for name in names]
 
     @staticmethod
     def _candidates(result: Any, request: DecodeRequest) -> list[list[Candidate]]:

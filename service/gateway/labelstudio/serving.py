@@ -365,9 +365,11 @@ class LabelStudioBackend:
         whole = (0, 0, embedding.width, embedding.height)
         found = await self._state.decoder.everything([(whole, embedding)], self._everything_params)
         label = config.label(None)
+        # the masks from their RLE off the event loop, as the decoder's thread made them before
+        masks = await asyncio.to_thread(lambda: [proposal.mask for proposal in found])
         regions = []
-        for proposal in found:
-            regions += _regions(config, proposal.mask, label, proposal.predicted_iou)
+        for proposal, mask in zip(found, masks, strict=True):
+            regions += _regions(config, mask, label, proposal.predicted_iou)
         scores = [proposal.predicted_iou for proposal in found]
         score = float(np.mean(scores)) if scores else 0.0
         return TaskPrediction(result=regions, score=score, model_version=self.model_version)

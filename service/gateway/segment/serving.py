@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.core.decoders import Candidate, Candidates, DecodeRequest
+from service.core.decoders import Candidate, DecodeRequest
 from service.core.embedding import Embedding
 from service.core.embeddings import SizeCheck
 from service.errors import EmbeddingNotFoundError, InvalidPromptError
@@ -24,6 +24,7 @@ from service.gateway.segment.protocol import (
     WithImage,
 )
 from service.gateway.state import ServingState
+from service.model import Candidates
 from service.model.prompts import Prompt, prompts_to_arrays
 
 PromptArrays = tuple[NDArray[np.float32], NDArray[np.float32]]
