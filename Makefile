@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test test-fast chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity bench-clicks bench-precompute bench-ui-decoder bench-brush-rle ui-assets clean
+.PHONY: install serve test test-fast chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity bench-clicks bench-embedding-dtypes bench-precompute bench-ui-decoder bench-brush-rle ui-assets clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,9 @@ bench-memory: $(STAMP)  ## peak memory of decoding a 50 MP PNG and 8 concurrent 
 
 bench-clicks: $(STAMP)  ## gateway CPU per click: local decoder vs efficientsam_decoder in a local Triton
 	$(BIN)/python bench/clicks.py
+
+bench-embedding-dtypes: $(STAMP)  ## float32 / float16 / int8 embeddings: Redis bytes, mask IoU, click latency
+	$(BIN)/python bench/embedding_dtypes.py
 
 bench-precompute: $(STAMP)  ## esam embed over 200 images at concurrency 1 and 8, then again (nothing sent)
 	$(BIN)/python bench/precompute.py

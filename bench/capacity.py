@@ -28,6 +28,7 @@ import redis
 
 from service.devtools.benchmarking import drive
 from service.devtools.capacity import (
+    RECORD_BYTES,
     REDIS_BYTES_PER_EMBEDDING,
     GiB,
     Plan,
@@ -74,6 +75,8 @@ def costs_for(gpu: str, args: argparse.Namespace) -> UnitCosts:
         decoder_gpu_prompts_per_s=DECODER_PROMPTS_PER_S[gpu] if on_gpu else 0.0,
         cores_per_gateway=args.cores_per_gateway,
         utilisation=args.utilisation,
+        embedding_bytes=RECORD_BYTES[args.embedding_dtype],
+        redis_bytes_per_embedding=REDIS_BYTES_PER_EMBEDDING[args.embedding_dtype],
     )
 
 
@@ -142,7 +145,12 @@ async def run_stack(args: argparse.Namespace) -> None:
     cores = float(os.cpu_count() or 1)
     with (
         tempfile.TemporaryDirectory() as workdir,
-        local_stack(Path(workdir), args.checkpoint, redis_url=args.redis_url) as stack,
+        local_stack(
+            Path(workdir),
+            args.checkpoint,
+            redis_url=args.redis_url,
+            embedding_dtype=args.embedding_dtype,
+        ) as stack,
     ):
         gateway = stack.gateways[0]
         async with httpx.AsyncClient(base_url=gateway.url, timeout=600) as client:
@@ -206,11 +214,12 @@ async def run_stack(args: argparse.Namespace) -> None:
             used = sum(int(r.memory_usage(k) or 0) for k in keys)
             # the run's new images + the measuring images + the warm-up image
             cached = new + args.measure_images + 1
+            each = REDIS_BYTES_PER_EMBEDDING[args.embedding_dtype]
             print(
-                f"| Redis memory of the run's embeddings | "
-                f"{cached * REDIS_BYTES_PER_EMBEDDING / 1e6:.1f} MB ({cached} images) | "
+                f"| Redis memory of the run's embeddings ({args.embedding_dtype}) | "
+                f"{cached * each / 1e6:.1f} MB ({cached} images) | "
                 f"{used / 1e6:.1f} MB ({len(keys)} keys) | "
-                f"{used / (cached * REDIS_BYTES_PER_EMBEDDING):.2f} |"
+                f"{used / (cached * each):.2f} |"
             )
             for key in keys:
                 r.unlink(key)
@@ -235,6 +244,12 @@ def main() -> None:
         default=None,
         help=f"gateway core-seconds per prompt (default: {DECODE_CORE_S} local, "
         f"{TRITON_DECODE_CORE_S} triton)",
+    )
+    parser.add_argument(
+        "--embedding-dtype",
+        choices=sorted(REDIS_BYTES_PER_EMBEDDING),
+        default="int8",
+        help="ESAM_EMBEDDING_DTYPE: bytes per cached embedding (and the --check stack's)",
     )
     parser.add_argument("--cores-per-gateway", type=int, default=4)
     parser.add_argument("--utilisation", type=float, default=0.7)
@@ -264,7 +279,8 @@ def main() -> None:
         f"# workload: one image every {args.seconds_per_image:g} s per annotator, "
         f"{args.prompts_per_image:g} prompts per image, {args.revisit_fraction:.0%} revisits, "
         f"kept {args.keep_s:g} s, {args.redis_reads_per_prompt:g} Redis reads per prompt; "
-        f"decoder: {args.decoder}, "
+        f"decoder: {args.decoder}, {args.embedding_dtype} embeddings "
+        f"({REDIS_BYTES_PER_EMBEDDING[args.embedding_dtype] / (1 << 20):g} MiB in Redis), "
         f"{(args.decode_core_s or costs_for('H100', args).decode_core_s) * 1e3:.2f} gateway "
         f"core-ms per prompt, {args.cores_per_gateway} "
         f"cores per gateway pod, planned at {args.utilisation:.0%} utilisation"

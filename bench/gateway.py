@@ -105,7 +105,7 @@ async def main() -> None:
     loaded = load_serving_model(checkpoint, None, "cpu")
     rgb = decode_image(image)
     height, width = rgb.shape[:2]
-    embedding = Embedding.from_float32(
+    embedding = Embedding.from_array(
         loaded.model.embed(resize_to_model(rgb)[None]).numpy(), width, height, "float16"
     )
     points, labels = prompts_to_arrays(

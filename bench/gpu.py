@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tritonclient.utils import np_to_triton_dtype
 
+from service.core.embedding import Embedding, EmbeddingDtype
 from service.core.loading import load_serving_model
 from service.devtools.benchmarking import (
     as_baseline,
@@ -116,6 +117,34 @@ def everything_rows(device: torch.device, dry_run: bool) -> list[dict[str, Any]]
     return rows
 
 
+def edges_rows(device: torch.device, dry_run: bool) -> list[dict[str, Any]]:
+    """Edge detection after the embedding (the paper's 16² grid, 768 candidates), decoder
+    on ``device``, 1080p; goal on an H100: <= 100 ms."""
+    from service.core.edges import EdgeParams, edge_map
+    from service.core.everything import Crop
+
+    model = random_model("ti").to(device).eval()
+    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+    width, height = 1920, 1080
+    whole = [Crop((0, 0, width, height), embedding.to(device))]
+    edge_map(model, whole, width, height, EdgeParams(points_per_side=2))  # warm-up
+    rows = []
+    for n in [2] if dry_run else [16, 16, 16]:
+        start = time.perf_counter()
+        found = edge_map(model, whole, width, height, EdgeParams(points_per_side=n))
+        seconds = time.perf_counter() - start  # the map comes back to the CPU: synced
+        row = {
+            "grid": n,
+            "ms": round(seconds * 1e3, 1),
+            "candidates": found.candidates,
+            "masks": found.masks,
+            **{f"{step}_ms": round(s * 1e3, 1) for step, s in found.seconds.items()},
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 async def triton_rows(
     server: LocalTriton, levels: list[int], per_level: int
 ) -> list[dict[str, Any]]:
@@ -150,16 +179,20 @@ async def triton_rows(
     return rows
 
 
-def click_inputs(module: Any, index: int, embedding: np.ndarray | None = None) -> list[Any]:
-    """One click on a 1080p image (model-frame point), as the gateway sends it."""
+def click_inputs(module: Any, index: int, embedding: Embedding | None = None) -> list[Any]:
+    """One click on a 1080p image (model-frame point), as the gateway sends it (with the
+    embedding as the gateway caches it: FP16, or int8 values and their scales)."""
     x, y = 100 + (index * 37) % 800, 100 + (index * 53) % 800
     tensors: dict[str, np.ndarray] = {
         "points": np.array([[[[x, y]]]], dtype=np.float32),
         "labels": np.ones((1, 1, 1), dtype=np.float32),
         "image_size": np.array([[1080, 1920]], dtype=np.int32),
     }
-    if embedding is not None:
-        tensors["embedding"] = embedding
+    if embedding is not None and embedding.scales is not None:
+        tensors["embedding_int8"] = embedding.array
+        tensors["embedding_scales"] = embedding.scales[None]
+    elif embedding is not None:
+        tensors["embedding"] = embedding.array.astype(np.float16)
     inputs = []
     for name, array in tensors.items():
         kind = np_to_triton_dtype(array.dtype)
@@ -170,10 +203,16 @@ def click_inputs(module: Any, index: int, embedding: np.ndarray | None = None) -
 
 
 async def decoder_rows(
-    server: LocalTriton, levels: list[int], per_level: int, images: int, model_id: str
+    server: LocalTriton,
+    levels: list[int],
+    per_level: int,
+    images: int,
+    model_id: str,
+    dtype: EmbeddingDtype,
 ) -> list[dict[str, Any]]:
     """Clicks of ``images`` resident images on efficientsam_decoder at each concurrency
-    (``model_id``: the checkpoint's, as a gateway names it: the decoder checks it)."""
+    (``model_id``: the checkpoint's, as a gateway names it: the decoder checks it), the
+    embeddings resident in ``dtype`` (float16, or int8 dequantised per execution)."""
     import tritonclient.grpc.aio as grpcclient
 
     outputs = [
@@ -184,18 +223,20 @@ async def decoder_rows(
     rows = []
     async with grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://")) as client:
 
-        async def click(index: int, embedding: np.ndarray | None = None) -> None:
+        async def click(index: int, embedding: Embedding | None = None) -> None:
+            key = f"{model_id}/{index % images}/{dtype}"
             result = await client.infer(
                 DECODER,
                 click_inputs(grpcclient, index, embedding),
                 outputs=outputs,
-                parameters={"image": f"{model_id}/{index % images}", "candidates": "multimask"},
+                parameters={"image": key, "candidates": "multimask"},
             )
             if int(result.as_numpy("status").reshape(-1)[0]) != 0:
                 raise RuntimeError(f"image {index % images} is not resident")
 
-        for i in range(images):  # resident first (2 MiB each in FP16)
-            await click(i, rng.standard_normal((1, 256, 64, 64)).astype(np.float16))
+        for i in range(images):  # resident first (2 MiB each in FP16, 1 MiB in int8)
+            array = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
+            await click(i, Embedding.from_array(array, 1920, 1080, dtype))
         for c in levels:
             n = max(per_level, 4 * c)
             requests = server.counter("nv_inference_count", DECODER)
@@ -204,6 +245,7 @@ async def decoder_rows(
             requests = server.counter("nv_inference_count", DECODER) - requests
             executions = server.counter("nv_inference_exec_count", DECODER) - executions
             row = {
+                "embedding": dtype,
                 "concurrency": c,
                 "requests": n,
                 "prompts_per_s": round(n / wall, 1),
@@ -257,15 +299,30 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "Edge detection after the embedding (1080p, all candidates, NMS, Sobel, thinning):",
+        "",
+        "| grid | ms | candidates | masks | decode ms | NMS ms | edges ms | thin ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["edges"]:
+        lines.append(
+            f"| {r['grid']}×{r['grid']} | {r['ms']:.0f} | {r['candidates']} | {r['masks']} | "
+            f"{r['decode_ms']:.0f} | {r['nms_ms']:.0f} | {r['edges_ms']:.0f} | "
+            f"{r['thin_ms']:.0f} |"
+        )
+    lines += [
+        "",
         "Clicks on efficientsam_decoder (embeddings resident; one point, multimask, 1080p "
         "masks as run lengths; gRPC):",
         "",
-        "| concurrency | requests | prompts/s | p50 ms | p99 ms | requests per execution |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| resident as | concurrency | requests | prompts/s | p50 ms | p99 ms | "
+        "requests per execution |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["decoder"]:
         lines.append(
-            f"| {r['concurrency']} | {r['requests']} | {r['prompts_per_s']:.1f} | "
+            f"| {r['embedding']} | {r['concurrency']} | {r['requests']} | "
+            f"{r['prompts_per_s']:.1f} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['requests_per_execution']:.2f} |"
         )
     return "\n".join(lines) + "\n"
@@ -290,6 +347,7 @@ def main() -> int:
     }
     result["model"] = model_rows(device, args.dry_run)
     result["everything"] = everything_rows(device, args.dry_run)
+    result["edges"] = edges_rows(device, args.dry_run)
     checkpoint = str(CHECKPOINT) if CHECKPOINT.exists() else "random"
     with tempfile.TemporaryDirectory() as workdir:
         server = LocalTriton(
@@ -311,15 +369,19 @@ def main() -> int:
             result["triton"] = asyncio.run(triton_rows(server, levels, per_level))
             click_levels = [1, 2] if args.dry_run else [1, 16, 64, 256]
             model_id = load_serving_model(checkpoint, None, "cpu").model_id
-            result["decoder"] = asyncio.run(
-                decoder_rows(
-                    server,
-                    click_levels,
-                    4 if args.dry_run else 2048,
-                    2 if args.dry_run else 64,
-                    model_id,
-                )
+            clicks, images = (4, 2) if args.dry_run else (2048, 64)
+            dtypes: tuple[tuple[EmbeddingDtype, list[int]], ...] = (
+                ("float16", click_levels),
+                ("int8", click_levels[-1:]),
             )
+            result["decoder"] = [
+                row
+                # every level with FP16 residents, the busiest with int8 (the default)
+                for dtype, dtype_levels in dtypes
+                for row in asyncio.run(
+                    decoder_rows(server, dtype_levels, clicks, images, model_id, dtype)
+                )
+            ]
         finally:
             server.stop()
     result["seconds"] = round(time.monotonic() - start, 1)

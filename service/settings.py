@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.core.embedding import EmbeddingDtype
 from service.model import Precision, Variant
 
 #: Pillow refuses images above 2 × 89.5 MP outright; stay below that.
@@ -83,6 +84,12 @@ class Settings(BaseSettings):
         le=600,
         description="Deadline of one click's decode in Triton (a re-sent embedding included).",
     )
+    decode_job_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="Deadline of one /edges job in Triton (ESAM_DECODER=triton).",
+    )
     decoder_fallback: bool = Field(
         default=True,
         description="With ESAM_DECODER=triton: a click Triton cannot take (down, restarting, "
@@ -99,14 +106,16 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         le=256,
-        description="Segment-everything jobs at once in this process; beyond it 429 at once.",
+        description="Segment-everything and edge jobs at once in this process (one limit for "
+        "both); beyond it 429 at once.",
     )
     max_everything_prompts: int = Field(
         default=64 * 64 * 21,
         ge=1,
         le=64 * 64 * 21,
-        description="Decoder prompts one segment-everything job may run: points_per_side² "
-        "per crop (1, +4, +16 crops); beyond it 422. Lower it where the decoder runs on CPU.",
+        description="Decoder prompts one segment-everything or edge job may run: "
+        "points_per_side² per crop (1, +4, +16 crops); beyond it 422. Lower it where the "
+        "decoder runs on CPU.",
     )
     everything_memory_mb: int = Field(
         default=256,
@@ -156,7 +165,12 @@ class Settings(BaseSettings):
         description="How long a replica waits for another's encode; default: the encode "
         "deadline plus the lock TTL.",
     )
-    embedding_dtype: Literal["float16", "float32"] = "float16"
+    embedding_dtype: EmbeddingDtype = Field(
+        default="int8",
+        description="How embeddings are kept in every tier (L1, Redis, the Triton decoder's "
+        "device): float32 (bit-exact), float16, or int8 with a scale per channel (half "
+        "float16's bytes).",
+    )
     cache_ttl_s: int = Field(default=24 * 3600, ge=1, le=30 * 24 * 3600)
     memory_cache_mb: int = Field(default=256, ge=0, le=1 << 20)
 

@@ -41,7 +41,7 @@ def run_service(env: dict[str, str], timeout: float = 60) -> subprocess.Complete
         ({"ESAM_REDIS_URL": "http://localhost"}, "ESAM_REDIS_URL"),
         ({"ESAM_MAX_IMAGE_PIXELS": "500000000"}, "ESAM_MAX_IMAGE_PIXELS"),
         ({"ESAM_CACHE_TTL_S": "0"}, "ESAM_CACHE_TTL_S"),
-        ({"ESAM_EMBEDDING_DTYPE": "int8"}, "ESAM_EMBEDDING_DTYPE"),
+        ({"ESAM_EMBEDDING_DTYPE": "int4"}, "ESAM_EMBEDDING_DTYPE"),
     ],
 )
 @pytest.mark.slow

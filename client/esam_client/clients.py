@@ -99,7 +99,8 @@ class EsamClient:
         return self._run(protocol.everything(self.endpoint, image_id=image_id, data=data, **params))
 
     def embedding(self, image_id: str) -> NDArray[Any]:
-        """The cached embedding ``[1, 256, 64, 64]`` (float16 or float32, as cached)."""
+        """The cached embedding ``[1, 256, 64, 64]`` (float16 or float32 as cached; float16
+        dequantised from int8 records)."""
         return _load_npy(self._run(protocol.embedding(self.endpoint, image_id)))
 
     def close(self) -> None:

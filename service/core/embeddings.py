@@ -165,6 +165,6 @@ class EmbeddingService:
             out = await self.encoder.encode(data, header)  # the encoder owns the deadline
         self._metrics.encoder_images.inc()
         log.debug("encoded %s in %.3fs", key, time.perf_counter() - start)
-        embedding = Embedding.from_float32(out.embedding, out.width, out.height, self._dtype)
+        embedding = Embedding.from_array(out.embedding, out.width, out.height, self._dtype)
         await self.cache.put(key, embedding)
         return embedding

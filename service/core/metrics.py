@@ -106,6 +106,12 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
             registry=r,
         )
+        self.edges_duration = Histogram(
+            "esam_edges_duration_seconds",
+            "Edge-detection jobs: grid decode, NMS, Sobel on every mask kept, thinning.",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
         self.singleflight_waits = Counter(
             "esam_singleflight_waits_total",
             "Requests that waited for another request's encode (scope: process, redis_lock).",

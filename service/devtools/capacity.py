@@ -22,14 +22,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+from service.core.embedding import EMBEDDING_DTYPES, EMBEDDING_SHAPE, Embedding, EmbeddingDtype
+
 MiB = 1 << 20
 GiB = 1 << 30
-#: a float16 embedding, [256, 64, 64] + its 32-byte header: what crosses the network
-EMBEDDING_BYTES = 2 * MiB + 32
-#: what Redis allocates for one (``MEMORY USAGE``, measured by ``bench/capacity.py --check``):
-#: 2 MiB + header + the string's own header falls just past jemalloc's 2 MiB size class,
-#: so it takes the next one, 2.5 MiB
-REDIS_BYTES_PER_EMBEDDING = 2.5 * MiB
+#: what Redis allocates for one embedding record, by ESAM_EMBEDDING_DTYPE (``MEMORY
+#: USAGE``, measured by ``bench/embedding_dtypes.py`` and ``bench/capacity.py --check``):
+#: each record is a little more than 1, 2 or 4 MiB, and lands in jemalloc's next size
+#: class, 1.25 times that
+REDIS_BYTES_PER_EMBEDDING: dict[EmbeddingDtype, float] = {
+    "int8": 1.25 * MiB,
+    "float16": 2.5 * MiB,
+    "float32": 5 * MiB,
+}
+#: the record's own bytes, by dtype: what a Redis read or write moves
+RECORD_BYTES: dict[EmbeddingDtype, int] = {
+    dtype: Embedding.from_array(np.zeros(EMBEDDING_SHAPE, np.float32), 1, 1, dtype).nbytes
+    for dtype in EMBEDDING_DTYPES
+}
+#: what Triton sends back per encode: the ensemble's FP16 output (the gateway quantises it)
+ENCODER_OUTPUT_BYTES = 2 * MiB
 #: allowance for fragmentation, replication and client buffers over what Redis allocates
 REDIS_OVERHEAD = 1.15
 
@@ -78,8 +92,11 @@ class UnitCosts:
     #: gateway CPU per /embed on the Triton path: hashing, header, gRPC, cache writes
     #: (19 ms measured, docs/benchmarks.md "Triton bytes path")
     upload_core_s: float = 0.019
-    embedding_bytes: int = EMBEDDING_BYTES
-    redis_bytes_per_embedding: float = REDIS_BYTES_PER_EMBEDDING
+    #: one cached record (ESAM_EMBEDDING_DTYPE, int8 by default): Redis writes and reads
+    embedding_bytes: int = RECORD_BYTES["int8"]
+    redis_bytes_per_embedding: float = REDIS_BYTES_PER_EMBEDDING["int8"]
+    #: one embedding from Triton to a gateway
+    encoder_output_bytes: int = ENCODER_OUTPUT_BYTES
     cores_per_gateway: int = 4
     redis_node_memory_bytes: float = 64 * GiB
     #: one Redis node's network, bytes/s (25 Gbit/s)
@@ -113,7 +130,7 @@ def demand(workload: Workload, costs: UnitCosts) -> Demand:
         gateway_core_s=prompts * costs.decode_core_s + encodes * costs.upload_core_s,
         redis_bytes=encodes * workload.keep_s * costs.redis_bytes_per_embedding * REDIS_OVERHEAD,
         redis_bytes_per_s=(encodes + prompts * workload.redis_reads_per_prompt) * embedding,
-        gpu_egress_bytes_per_s=encodes * embedding,
+        gpu_egress_bytes_per_s=encodes * costs.encoder_output_bytes,
         gpu_ingress_bytes_per_s=encodes * workload.image_bytes,
         client_bytes_per_s=workload.opens_per_s * workload.image_bytes
         + prompts * workload.response_bytes,

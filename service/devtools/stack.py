@@ -23,7 +23,12 @@ class Stack:
 
 @contextlib.contextmanager
 def local_stack(
-    workdir: Path, checkpoint: str, *, redis_url: str, replicas: int = 1
+    workdir: Path,
+    checkpoint: str,
+    *,
+    redis_url: str,
+    replicas: int = 1,
+    embedding_dtype: str = "int8",
 ) -> Iterator[Stack]:
     """Start Triton, then ``replicas`` gateways (``ESAM_ENCODER=triton``, Redis cache); stop all."""
     triton = LocalTriton(
@@ -45,6 +50,7 @@ def local_stack(
                 "ESAM_REDIS_URL": redis_url,
                 "ESAM_REDIS_KEY_PREFIX": prefix,
                 "ESAM_ENCODE_TIMEOUT_S": "300",
+                "ESAM_EMBEDDING_DTYPE": embedding_dtype,
             }
         )
         for _ in range(replicas)

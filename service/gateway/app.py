@@ -17,6 +17,7 @@ from service.core.metrics import Metrics
 from service.gateway.auth import ApiKeyMiddleware
 from service.gateway.docs.api_router import router as docs_router
 from service.gateway.docs.openapi import deployment_openapi
+from service.gateway.edges.api_router import router as edges_router
 from service.gateway.embed.api_router import router as embed_router
 from service.gateway.embeddings.api_router import router as embeddings_router
 from service.gateway.errors import register_error_handlers
@@ -91,6 +92,7 @@ def build_app(
         embed_router,
         segment_router,
         everything_router,
+        edges_router,
         embeddings_router,
         health_router,
         docs_router,
@@ -123,6 +125,9 @@ def build_app(
                 "X-Image-Height",
                 "X-Model",
                 "X-Cached",
+                "X-Masks",
+                "X-Candidates",
+                "Server-Timing",
                 "Retry-After",
             ],
         )

@@ -13,7 +13,8 @@ from service.core.embedding import Embedding
 NPY_MEDIA_TYPE = "application/x-npy"
 NPY_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The embedding as a .npy array [1, 256, 64, 64] in the cache's dtype.",
+        "description": "The embedding as a .npy array [1, 256, 64, 64]: float32 or float16 as "
+        "cached (ESAM_EMBEDDING_DTYPE), float16 dequantised from int8 records.",
         "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
     }
 }
@@ -21,7 +22,7 @@ NPY_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 def npy_response(embedding: Embedding, headers: dict[str, str]) -> Response:
     buffer = io.BytesIO()
-    np.save(buffer, embedding.array, allow_pickle=False)
+    np.save(buffer, embedding.as_float(), allow_pickle=False)
     return Response(buffer.getvalue(), media_type=NPY_MEDIA_TYPE, headers=headers)
 
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Discriminator, Field, GetJsonSchemaHandler
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    GetJsonSchemaHandler,
+)
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
@@ -81,3 +88,23 @@ ONE_IMAGE = Discriminator(
     custom_error_type="one_image",
     custom_error_message="send exactly one of image_id and image",
 )
+
+
+class ById(BaseModel):
+    """The image by the ``image_id`` that /embed returned."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image_id: str = Field(
+        pattern=IMAGE_ID_PATTERN, description="From /embed (SHA-256 hex of the image file)."
+    )
+
+
+class WithImage(BaseModel):
+    """The image itself, encoded (and cached) on the way when it is new."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image: Base64Image = Field(
+        description="base64 of the image file (a data: URL prefix is accepted)"
+    )

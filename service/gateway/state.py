@@ -110,6 +110,7 @@ def build_decoder(
         model_id=loaded.model_id,
         model_name=settings.triton_decoder_model,
         timeout_s=settings.decode_timeout_s,
+        job_timeout_s=settings.decode_job_timeout_s,
         max_pending=settings.max_pending_decodes,
         metrics=metrics,
         fallback=local,

@@ -29,6 +29,7 @@ COSTS = UnitCosts(
     decode_core_s=0.1,
     upload_core_s=0.02,
     embedding_bytes=1000,
+    encoder_output_bytes=1000,
     redis_bytes_per_embedding=2000,
     cores_per_gateway=4,
     redis_node_memory_bytes=5e6,

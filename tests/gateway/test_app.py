@@ -84,7 +84,7 @@ async def test_metrics_are_exposed(gateway: Gateway) -> None:
         assert name in text, name
     assert 'route="/embed",status="200"' in text
     model = gateway.state.model_id
-    info = f'cache="memory",embedding_dtype="float16",encoder="local",model="{model}"'
+    info = f'cache="memory",embedding_dtype="int8",encoder="local",model="{model}"'
     assert f"esam_model_info{{{info}}} 1.0" in text
 
 

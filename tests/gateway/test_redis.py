@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from tests.conftest import Fixture
 from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.services import RedisServer, stored_record
 from tests.support import embed, png_bytes, segment_status
+
+MiB = 1 << 20
 
 
 def raw(url: str) -> redis.Redis:
@@ -47,7 +50,7 @@ async def test_embedding_is_shared_between_replicas(
         key = expected_key(first.state.settings.redis_key_prefix, fixture.checkpoint, image)
         assert raw(redis_url).exists(key)
         record = Embedding.from_bytes(stored_record(raw(redis_url), key))
-        assert (record.width, record.height, record.dtype) == (64, 48, "float16")
+        assert (record.width, record.height, record.dtype) == (64, 48, "int8")
         assert 0 < raw(redis_url).ttl(key) <= 600
 
     async with gateway_factory(cache="redis", redis_url=redis_url) as second:  # fresh L1
@@ -129,6 +132,43 @@ async def test_redis_outage_is_survived_and_recovered(
         assert raw(private_redis.url).dbsize() == 1  # the shared tier is written again
         assert gw.metric("esam_redis_up") == 1
         assert (await gw.client.get("/readyz")).json()["redis"] == "ok"
+
+
+async def test_an_int8_record_takes_half_a_float16_one_and_both_formats_serve(
+    gateway_factory: GatewayFactory, redis_url: str
+) -> None:
+    """Redis's own account (``MEMORY USAGE``): a float16 record is 2 MiB + its header,
+    which jemalloc rounds up to its 2.5 MiB class; int8 (1 MiB + 1 KiB of scales + the
+    header) lands in the 1.25 MiB class. A gateway set to one dtype serves a record of the
+    other as it is (a rolling change of ESAM_EMBEDDING_DTYPE re-encodes nothing)."""
+    image = png_bytes(seed=13)
+    client = raw(redis_url)
+    usage = {}
+    for dtype in ("float16", "int8"):
+        prefix = f"test-usage-{dtype}-{uuid.uuid4().hex[:8]}"
+        async with gateway_factory(
+            cache="redis", redis_url=redis_url, embedding_dtype=dtype, redis_key_prefix=prefix
+        ) as gw:
+            image_id = (await embed(gw.client, image))["image_id"]
+            key = redis_key(gw, image_id)
+            record = stored_record(client, key)
+            assert record[:4] == (b"ESE2" if dtype == "int8" else b"ESE1")
+            usage[dtype] = int(client.memory_usage(key, samples=0) or 0)
+        other = "float16" if dtype == "int8" else "int8"
+        async with gateway_factory(
+            cache="redis", redis_url=redis_url, embedding_dtype=other, redis_key_prefix=prefix
+        ) as reader:  # a fresh L1: the record comes from Redis
+            assert (await embed(reader.client, image))["cached"] is True
+            assert reader.encodes == 0
+            assert await segment_status(reader.client, image_id) == 200
+            held = await reader.state.embeddings.lookup(str(image_id))
+            assert held is not None
+            assert held.dtype == dtype
+        client.delete(key)
+    print(f"MEMORY USAGE: {usage}")
+    # the value's allocation class plus the key's and object's few dozen bytes
+    assert 2.5 * MiB <= usage["float16"] <= 2.5 * MiB + 256
+    assert 1.25 * MiB <= usage["int8"] <= 1.25 * MiB + 256
 
 
 async def test_corrupt_record_is_a_miss(gateway_factory: GatewayFactory, redis_url: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import uuid
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,8 @@ import tritonclient.http as httpclient
 from pycocotools import mask as coco_mask
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from service.core.edges import EdgeParams, edge_map
+from service.core.everything import Crop
 from service.core.loading import load_serving_model
 from service.devtools.triton import LocalTriton
 from service.devtools.triton_config import DECODER
@@ -37,6 +41,7 @@ def decoder_inputs(
     labels: np.ndarray,
     embedding: np.ndarray | None,
     size: tuple[int, int] = (HEIGHT, WIDTH),
+    extra: dict[str, np.ndarray] | None = None,
 ) -> list[Any]:
     tensors = {
         "points": points[None].astype(np.float32),
@@ -45,6 +50,10 @@ def decoder_inputs(
     }
     if embedding is not None:
         tensors["embedding"] = embedding.reshape(1, 256, 64, 64).astype(np.float16)
+    return tensor_inputs(module, {**tensors, **(extra or {})})
+
+
+def tensor_inputs(module: Any, tensors: dict[str, np.ndarray]) -> list[Any]:
     inputs = []
     for name, array in tensors.items():
         dtype = np_to_triton_dtype(array.dtype)
@@ -142,6 +151,67 @@ def test_masks_and_scores_equal_the_in_process_decoder(
     assert again.as_numpy("status").tolist() == [[0]]
     assert np.array_equal(again.as_numpy("rle_counts"), first.as_numpy("rle_counts"))
     assert np.array_equal(again.as_numpy("scores"), first.as_numpy("scores"))
+
+
+def int8_of(embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one scale per channel, as the issue defines it (written here,
+    not taken from the gateway)."""
+    flat = embedding.reshape(256, -1).astype(np.float32)
+    scales = (np.abs(flat).max(axis=1) / 127).astype(np.float32)
+    values = np.clip(np.rint(flat / scales[:, None]), -127, 127).astype(np.int8)
+    return values.reshape(1, 256, 64, 64), scales[None]
+
+
+def resident_bytes(triton: LocalTriton) -> float:
+    from service.devtools.prometheus import sample_sum
+
+    return sample_sum(triton.metrics_text(), "esam_decoder_resident_bytes")
+
+
+def test_int8_embeddings_are_kept_as_int8_and_decode_as_their_floats(
+    triton: LocalTriton,
+    fixture_model: EfficientSam,
+    expected: dict[str, np.ndarray],
+    fixture_prompts: tuple[np.ndarray, np.ndarray],
+) -> None:
+    client = grpcclient.InferenceServerClient(triton.grpc_url.split("://")[1])
+    values, scales = int8_of(expected["image_embeddings"])
+    points, labels = fixture_prompts
+    dequantised = values.astype(np.float32) * scales[0][None, :, None, None]
+    want_masks, want_scores = local_candidates(fixture_model, dequantised, points, labels)
+    int8 = {"embedding_int8": values, "embedding_scales": scales}
+    image = f"test-int8-{uuid.uuid4().hex[:8]}"
+    before = resident_bytes(triton)
+    first = infer(
+        client, grpcclient, image, decoder_inputs(grpcclient, points, labels, None, extra=int8)
+    )
+    assert first.as_numpy("status").tolist() == [[0]]
+    # kept as sent: 1 MiB of values and 256 float32 scales (FP16 would be 2 MiB)
+    assert resident_bytes(triton) - before == 256 * 64 * 64 + 256 * 4
+    assert mask_iou(masks_of(first), want_masks).min() >= 0.99
+    assert np.abs(first.as_numpy("scores")[0] - want_scores).max() <= 1e-4
+    again = infer(client, grpcclient, image, decoder_inputs(grpcclient, points, labels, None))
+    assert np.array_equal(again.as_numpy("rle_counts"), first.as_numpy("rle_counts"))
+
+    bad = {
+        "scales missing": ({"embedding_int8": values}, "come together"),
+        "both kinds": ({**int8, "embedding": values.astype(np.float16)}, "not both"),
+        "zero scale": (
+            {**int8, "embedding_scales": np.zeros_like(scales)},
+            "positive and finite",
+        ),
+        "short scales": ({**int8, "embedding_scales": scales[:, :8]}, "embedding_scales"),
+    }
+    for name, (tensors, message) in bad.items():
+        base = decoder_inputs(grpcclient, points, labels, None)
+        with pytest.raises(InferenceServerException, match=message):
+            infer(
+                client,
+                grpcclient,
+                f"test-int8-bad-{name}",
+                base + tensor_inputs(grpcclient, tensors),
+            )
+    assert client.is_model_ready(DECODER)
 
 
 def test_an_image_not_resident_is_an_answer_not_an_error(
@@ -280,3 +350,47 @@ def test_the_identity_probe_names_the_decoders_checkpoint(
         client.infer(
             DECODER, inputs, parameters={"image": "efficientsam-ti-000000000000-p1/x"}
         )  # a click of another model's image: refused, not decoded with this one
+
+
+def test_an_edge_request_answers_the_in_process_edge_map(
+    triton: LocalTriton, fixture_model: EfficientSam, expected: dict[str, np.ndarray]
+) -> None:
+    """Parameter ``edges``: the resident embedding's edge map, as ``service.core.edges``
+    computes it in-process on the same (FP16) embedding; bad parameters are refused."""
+    client = grpcclient.InferenceServerClient(triton.grpc_url.split("://")[1])
+    embedding = expected["image_embeddings"]
+    image = f"test-edges-{uuid.uuid4().hex[:8]}"
+    dummy = (np.zeros((1, 1, 2), np.float32), np.ones((1, 1), np.float32))
+    infer(client, grpcclient, image, decoder_inputs(grpcclient, *dummy, embedding))  # resident
+    names = ("status", "edges", "edge_counts", "edge_seconds")
+    outputs = [grpcclient.InferRequestedOutput(n) for n in names]
+    params = {"points_per_side": 2, "points_per_batch": 4, "box_nms_thresh": 0.7}
+    answer = client.infer(
+        DECODER,
+        decoder_inputs(grpcclient, *dummy, None),
+        outputs=outputs,
+        parameters={"image": f"{model_id()}/{image}", "edges": json.dumps(params)},
+    )
+    assert answer.as_numpy("status").tolist() == [[0]]
+    got = answer.as_numpy("edges")[0]
+    assert got.shape == (HEIGHT, WIDTH)
+    half = torch.from_numpy(embedding.astype(np.float16).astype(np.float32))
+    want = edge_map(
+        fixture_model,
+        [Crop((0, 0, WIDTH, HEIGHT), half)],
+        WIDTH,
+        HEIGHT,
+        EdgeParams(**params),  # type: ignore[arg-type]
+    )
+    assert answer.as_numpy("edge_counts").tolist() == [[want.candidates, want.masks]]
+    assert np.abs(got - want.strength).max() <= 1e-4
+    assert ((got > 0) == (want.strength > 0)).mean() >= 0.999
+    assert (answer.as_numpy("edge_seconds") >= 0).all()
+    for bad, message in (({"points_per_side": 0}, "points_per_side"), ({"nope": 1}, "nope")):
+        with pytest.raises(InferenceServerException, match=message):
+            client.infer(
+                DECODER,
+                decoder_inputs(grpcclient, *dummy, None),
+                outputs=outputs,
+                parameters={"image": f"{model_id()}/{image}", "edges": json.dumps(bad)},
+            )

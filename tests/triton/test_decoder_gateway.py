@@ -4,6 +4,8 @@ Triton, against the in-process decoder's answers."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 from pathlib import Path
 from typing import Any
 
@@ -41,26 +43,36 @@ def sends(gw: Gateway) -> float:
     return gw.metric("esam_decoder_embedding_sends_total")
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize(("protocol", "dtype"), [("grpc", "int8"), ("http", "float16")])
 async def test_clicks_equal_the_local_decoders_and_send_the_embedding_once(
     gateway_factory: GatewayFactory,
     triton: LocalTriton,
     fixture: Fixture,
     image_bytes: bytes,
     protocol: str,
+    dtype: str,
 ) -> None:
+    """The embedding travels as the gateway caches it: int8 with its scales (1 MiB), or
+    FP16 (2 MiB)."""
     url = triton.grpc_url if protocol == "grpc" else triton.http_url
     prompts = fixture_prompts(fixture)
-    async with gateway_factory() as local:
+    async with gateway_factory(embedding_dtype=dtype) as local:
         want = await click(local, await upload(local, image_bytes), prompts, return_logits=True)
     # a fresh key prefix per gateway, but the decoder's cache is keyed by model and image:
     # another test may have made this image resident already, so count from here
-    async with gateway_factory(encoder="triton", decoder="triton", triton_url=url) as gw:
+    async with gateway_factory(
+        encoder="triton", decoder="triton", triton_url=url, embedding_dtype=dtype
+    ) as gw:
         assert gw.state.decoder.name == "triton"
         image_id = await upload(gw, image_bytes)
         before = sends(gw)
+        sent_before = gw.metric("esam_decoder_sent_bytes_total")
         got = await click(gw, image_id, prompts, return_logits=True)
         assert sends(gw) - before <= 1  # at most once: the first click of a new image
+        if sends(gw) > before:  # this click carried the embedding: its bytes as cached
+            embedding_bytes = 256 * 64 * 64 + 256 * 4 if dtype == "int8" else 2 * 256 * 64 * 64
+            sent = gw.metric("esam_decoder_sent_bytes_total") - sent_before
+            assert embedding_bytes < sent < embedding_bytes + 4096
         for mine, theirs in zip(got["results"], want["results"], strict=True):
             assert len(mine["candidates"]) == len(theirs["candidates"]) == 3
             for a, b in zip(mine["candidates"], theirs["candidates"], strict=True):
@@ -235,3 +247,42 @@ async def test_a_decoder_holding_another_checkpoint_takes_the_gateway_out_of_ser
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "decoder_unavailable"
         assert "model mismatch" in response.json()["error"]["message"]
+
+
+async def test_edges_run_in_triton_beside_the_resident_embedding(
+    gateway_factory: GatewayFactory, triton: LocalTriton, image_bytes: bytes
+) -> None:
+    """POST /edges with ESAM_DECODER=triton: one edge request to efficientsam_decoder, the
+    same map as the gateway's own decoder makes; with crops, the gateway's own decoder."""
+    body = {"points_per_side": 2, "points_per_batch": 4}
+    npy = {"Accept": "application/x-npy"}
+    async with gateway_factory(embedding_dtype="float16") as local:
+        image_id = await upload(local, image_bytes)
+        here = await local.client.post("/edges", json={"image_id": image_id, **body}, headers=npy)
+        assert here.status_code == 200, here.text
+    async with gateway_factory(
+        decoder="triton", triton_url=triton.grpc_url, embedding_dtype="float16"
+    ) as gw:
+        await upload(gw, image_bytes)
+        requests = triton.counter("nv_inference_count", DECODER)
+        there = await gw.client.post("/edges", json={"image_id": image_id, **body}, headers=npy)
+        assert there.status_code == 200, there.text
+        assert 1 <= triton.counter("nv_inference_count", DECODER) - requests <= 2  # + a resend
+        assert gw.metric("esam_edges_duration_seconds_count") == 1
+        assert gw.metric("esam_decoder_fallbacks_total") == 0
+        got = np.load(io.BytesIO(there.content))
+        want = np.load(io.BytesIO(here.content))
+        assert got.shape == want.shape == (603, 1072)
+        assert np.abs(got - want).max() <= 1e-4
+        assert there.headers["X-Masks"] == here.headers["X-Masks"]
+        steps = {part.split(";")[0].strip() for part in there.headers["Server-Timing"].split(",")}
+        assert steps == {"decode", "nms", "edges", "thin"}
+
+        # crops have embeddings of their own, not resident: the gateway's decoder
+        requests = triton.counter("nv_inference_count", DECODER)
+        image = base64.b64encode(image_bytes).decode()
+        cropped = await gw.client.post(
+            "/edges", json={"image": image, "crop_n_layers": 1, "points_per_side": 1}
+        )
+        assert cropped.status_code == 200, cropped.text
+        assert triton.counter("nv_inference_count", DECODER) == requests

@@ -1,14 +1,21 @@
 """Triton Python backend: the EfficientSAM mask decoder beside resident embeddings.
 
-Each request names one image (the request parameter ``image``: the gateway's model id
-and image id) and carries its prompts: ``points`` ``[1, N, P, 2]`` and ``labels``
-``[1, N, P]`` in the 1024×1024 model frame, ``image_size`` ``[1, 2]`` (height, width
-of the original image) and, only when the decoder does not hold the image,
-``embedding`` ``[1, 256, 64, 64]``. The parameter ``candidates`` says which masks come
-back: ``multimask`` (the three candidates), ``single`` (the single-mask output) or
-``best`` (the best of the three by predicted IoU). The model id must name this
-decoder's checkpoint (variant and SHA-256 digest, as the gateway's model id does): a
-request from a gateway serving another checkpoint gets an error naming both, and one
+Each request names one image (the request parameter ``image``: the gateway's model id,
+then whatever names the embedding: image id and record dtype) and carries its prompts:
+``points`` ``[1, N, P, 2]`` and ``labels`` ``[1, N, P]`` in the 1024×1024 model frame,
+``image_size`` ``[1, 2]`` (height, width of the original image) and, only when the
+decoder does not hold the image, ``embedding`` ``[1, 256, 64, 64]`` (FP16; or, from a
+gateway that caches int8, ``embedding_int8`` with its per-channel ``embedding_scales``
+``[1, 256]``, kept so on the device and dequantised only as the forward pass's input).
+With the parameter ``edges`` (a JSON object of ``service.core.edges.EdgeParams``) the
+request asks for zero-shot edge detection on the image instead (``/edges``; its points
+are not used): it answers the edge map ``edges`` ``[1, H, W]``, ``edge_counts``
+(candidates, masks after NMS) and ``edge_seconds`` (decode, NMS, edges, thinning), and
+runs on its own, not in the execution's forward pass. The parameter ``candidates`` says
+which masks come back: ``multimask`` (the three candidates), ``single`` (the single-mask
+output) or ``best`` (the best of the three by predicted IoU). The model id must name
+this decoder's checkpoint (variant and SHA-256 digest, as the gateway's model id does):
+a request from a gateway serving another checkpoint gets an error naming both, and one
 with the parameter ``identity`` answers ``status`` 2 (same checkpoint) or 3 (another)
 and its ``model`` without decoding (the gateway's readiness probe).
 
@@ -16,13 +23,12 @@ Embeddings stay on this instance's device in a bytes-bounded LRU (the config par
 ``resident_bytes``); a request without an embedding for an image not held answers
 ``status`` 1 ("not resident", an answer, not an error) and the gateway repeats it with
 the embedding. One execution runs one forward pass over every prompt of every request
-(the embeddings gathered per prompt), then per request on the device: bicubic
-upsampling to the original size, threshold, COCO's column-major run lengths, areas.
-Only scores, run lengths (``rle_lengths`` per candidate, ``rle_counts`` concatenated)
-and, when asked for as an output, the low-resolution logits go back; candidates come
-best first. A malformed request gets its own ``TritonError``; a batch that fails as a
-whole (out of memory) is retried request by request, so one request never fails the
-others.
+(the embeddings gathered per prompt), then per request on the device: bicubic upsampling
+to the original size, threshold, COCO's column-major run lengths, areas. Only scores,
+run lengths (``rle_lengths`` per candidate, ``rle_counts`` concatenated) and, when asked
+for as an output, the low-resolution logits go back; candidates come best first. A
+malformed request gets its own ``TritonError``; a batch that fails as a whole (out of
+memory) is retried request by request, so one request never fails the others.
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from service.core.embedding import EMBEDDING_SHAPE
+from service.core.edges import EDGE_STEPS, EdgeParams, edge_map
+from service.core.embedding import CHANNELS, EMBEDDING_SHAPE
+from service.core.everything import Crop
 from service.errors import CheckpointError
 from service.model import Candidates, load_named, pad_prompts, ranked_candidates, weights_id
 from service.model.masks import run_lengths, upsample_masks
@@ -48,16 +56,35 @@ SAME_MODEL, OTHER_MODEL = 2, 3
 CANDIDATES = get_args(Candidates)
 
 
+@dataclass(frozen=True)
+class Held:
+    """One image's embedding on the device: FP16 values, or int8 values with their scales."""
+
+    values: torch.Tensor  # [256, 64, 64]
+    scales: torch.Tensor | None = None  # [256], int8 values only
+
+    @property
+    def nbytes(self) -> int:
+        scales = 0 if self.scales is None else self.scales.numel() * self.scales.element_size()
+        return self.values.numel() * self.values.element_size() + scales
+
+    def floats(self) -> torch.Tensor:
+        """The decoder's input (a transient: nothing float is kept beside int8 values)."""
+        if self.scales is None:
+            return self.values.float()
+        return self.values.float().mul_(self.scales[:, None, None])
+
+
 class Resident:
     """Embeddings on the device, least recently used evicted first, bounded in bytes."""
 
     def __init__(self, capacity_bytes: int, metrics: dict[str, Any]) -> None:
         self.capacity = capacity_bytes
-        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._items: OrderedDict[str, Held] = OrderedDict()
         self.bytes = 0
         self._metrics = metrics
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str) -> Held | None:
         found = self._items.get(key)
         if found is None:
             self._metrics["misses"].increment(1)
@@ -66,14 +93,14 @@ class Resident:
         self._metrics["hits"].increment(1)
         return found
 
-    def put(self, key: str, embedding: torch.Tensor) -> None:
-        size = embedding.numel() * embedding.element_size()
+    def put(self, key: str, embedding: Held) -> None:
+        size = embedding.nbytes
         old = self._items.pop(key, None)
         if old is not None:
-            self.bytes -= old.numel() * old.element_size()
+            self.bytes -= old.nbytes
         while self._items and self.bytes + size > self.capacity:
             _, evicted = self._items.popitem(last=False)
-            self.bytes -= evicted.numel() * evicted.element_size()
+            self.bytes -= evicted.nbytes
             self._metrics["evictions"].increment(1)
         if size <= self.capacity:
             self._items[key] = embedding
@@ -85,13 +112,14 @@ class Resident:
 @dataclass
 class _Job:
     index: int  # the request's place in the execution
-    embedding: torch.Tensor  # [256, 64, 64] on the device
+    embedding: Held
     points: torch.Tensor  # [N, P, 2]
     labels: torch.Tensor  # [N, P]
     height: int
     width: int
     candidates: Candidates
     logits_wanted: bool
+    edges: EdgeParams | None = None  # an edge request: the edge map instead of masks
 
 
 class TritonPythonModel:
@@ -117,7 +145,6 @@ class TritonPythonModel:
         self.max_points = model.config.max_points
         self.max_prompts = int(params.get("max_prompts_per_execution", "256"))
         self.max_prompts_per_request = int(params.get("max_prompts_per_request", "64"))
-        self.resident_dtype = torch.float16
         labels = {"model": args["model_name"], "instance": args["model_instance_name"]}
         # the families must outlive their metrics: both are kept
         self.metric_families = {
@@ -136,6 +163,7 @@ class TritonPythonModel:
             name: family.Metric(labels=labels) for name, family in self.metric_families.items()
         }
         self.resident = Resident(int(params.get("resident_bytes", str(8 << 30))), self.metrics)
+        self.edges_memory = int(params.get("edges_memory_bytes", str(1 << 30)))
 
     # --- one request -------------------------------------------------------------------
 
@@ -148,9 +176,15 @@ class TritonPythonModel:
         key = parameters.get("image")
         candidates = parameters.get("candidates", "multimask")
         if not isinstance(key, str) or not key:
-            return _error("the request parameter 'image' (model id and image id) is missing")
+            return _error("the request parameter 'image' (model id, image id, dtype) is missing")
         if candidates not in CANDIDATES:
             return _error(f"candidates must be one of {', '.join(CANDIDATES)}")
+        edges = None
+        if "edges" in parameters:
+            try:
+                edges = EdgeParams(**json.loads(parameters["edges"]))
+            except (TypeError, ValueError) as exc:
+                return _error(f"edges: {exc}")
         model_id = key.split("/", 1)[0]
         same = model_id.startswith(self.identity)
         if parameters.get("identity"):  # the gateway's readiness probe: an answer either way
@@ -179,12 +213,12 @@ class TritonPythonModel:
         if size.numel() != 2 or int(size.min()) < 1:
             return _error("image_size must be [1, 2]: height, width >= 1")
         height, width = (int(v) for v in size.reshape(-1))
-        given = _input(request, "embedding")
-        if given is not None:
-            if tuple(given.shape) != EMBEDDING_SHAPE:
-                return _error(f"embedding must be [1, 256, 64, 64], got {list(given.shape)}")
-            embedding = given[0].to(self.device, self.resident_dtype)  # a copy: inputs are freed
+        given = self._given(request)
+        if isinstance(given, Held):
+            embedding = given
             self.resident.put(key, embedding)
+        elif given is not None:
+            return given  # the error about the embedding sent
         else:
             found = self.resident.get(key)
             if found is None:
@@ -199,7 +233,32 @@ class TritonPythonModel:
             width=width,
             candidates=candidates,
             logits_wanted="low_res_logits" in request.requested_output_names(),
+            edges=edges,
         )
+
+    def _given(self, request: Any) -> Held | Any:
+        """The embedding the request carries (on the device), its error, or None."""
+        dense = _input(request, "embedding")
+        values = _input(request, "embedding_int8")
+        scales = _input(request, "embedding_scales")
+        if dense is not None:
+            if values is not None or scales is not None:
+                return _error("send embedding or embedding_int8 with its scales, not both")
+            if tuple(dense.shape) != EMBEDDING_SHAPE:
+                return _error(f"embedding must be [1, 256, 64, 64], got {list(dense.shape)}")
+            return Held(dense[0].to(self.device, torch.float16))  # a copy: inputs are freed
+        if values is None and scales is None:
+            return None
+        if values is None or scales is None:
+            return _error("embedding_int8 and embedding_scales come together")
+        if tuple(values.shape) != EMBEDDING_SHAPE or tuple(scales.shape) != (1, CHANNELS):
+            return _error(
+                f"embedding_int8 must be [1, 256, 64, 64] and embedding_scales [1, {CHANNELS}], "
+                f"got {list(values.shape)} and {list(scales.shape)}"
+            )
+        if not bool(torch.isfinite(scales).all()) or bool((scales <= 0).any()):
+            return _error("embedding_scales must be positive and finite")
+        return Held(values[0].to(self.device), scales[0].to(self.device, torch.float32))
 
     # --- the execution -----------------------------------------------------------------
 
@@ -211,7 +270,9 @@ class TritonPythonModel:
                 job = self._job(index, request)
             except Exception as exc:  # this request's own error, never the batch's
                 job = _error(f"request failed: {exc}")
-            if isinstance(job, _Job):
+            if isinstance(job, _Job) and job.edges is not None:
+                responses[index] = self._edges(job, job.edges)
+            elif isinstance(job, _Job):
                 jobs.append(job)
             else:
                 responses[index] = job
@@ -224,6 +285,34 @@ class TritonPythonModel:
         if group:
             self._run_group(group, responses)
         return responses
+
+    def _edges(self, job: _Job, params: EdgeParams) -> Any:
+        """Zero-shot edge detection on the resident embedding (``service.core.edges``):
+        the map ``[1, H, W]``, the candidate and mask counts, each step's seconds."""
+        try:
+            crop = Crop((0, 0, job.width, job.height), job.embedding.floats()[None])
+            found = edge_map(
+                self.model,
+                [crop],
+                job.width,
+                job.height,
+                params,
+                memory_budget_bytes=self.edges_memory,
+            )
+        except Exception as exc:  # this request's own error (e.g. out of memory)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return _error(f"edge detection failed: {exc}")
+        seconds = [found.seconds.get(step, 0.0) for step in EDGE_STEPS]
+        outputs = [
+            pb_utils.Tensor("status", np.zeros((1, 1), dtype=np.int32)),
+            pb_utils.Tensor("edges", found.strength[None]),
+            pb_utils.Tensor(
+                "edge_counts", np.array([[found.candidates, found.masks]], dtype=np.int32)
+            ),
+            pb_utils.Tensor("edge_seconds", np.array([seconds], dtype=np.float32)),
+        ]
+        return pb_utils.InferenceResponse(output_tensors=outputs)
 
     def _run_group(self, group: list[_Job], responses: list[Any]) -> None:
         try:
@@ -247,9 +336,9 @@ class TritonPythonModel:
         owners = torch.cat(
             [torch.full((len(j.points),), i, dtype=torch.int64) for i, j in enumerate(group)]
         ).to(self.device)
-        images = torch.stack([j.embedding for j in group])
         with torch.inference_mode():
-            logits, iou = self.model.decode_all(images[owners].float(), points, labels)
+            images = torch.stack([j.embedding.floats() for j in group])
+            logits, iou = self.model.decode_all(images[owners], points, labels)
             answers = []
             first = 0
             for job in group:

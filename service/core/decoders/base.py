@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from service.core.edges import EdgeMap, EdgeParams
 from service.core.embedding import Embedding
 from service.core.everything import Box, EverythingParams, Proposal
 from service.model import Candidates
@@ -46,9 +47,10 @@ class Decoder(Protocol):
 
     ``segment`` gives one list of candidates per prompt, in prompt order, best score
     first. ``everything`` runs the point grid (``crops``: the whole image's box and
-    embedding first, then any crops'). Both raise :class:`service.errors.OverloadedError`
-    when the backend's queue is full (429 at once) and
-    :class:`service.errors.DecoderUnavailableError` when it cannot answer in time.
+    embedding first, then any crops'), ``edges`` the edge detection on such a grid; both
+    are long jobs, at most ``ESAM_MAX_EVERYTHING_JOBS`` at once together. All raise
+    :class:`service.errors.OverloadedError` when the backend's queue is full (429 at once)
+    and :class:`service.errors.DecoderUnavailableError` when it cannot answer in time.
     """
 
     name: str
@@ -57,7 +59,7 @@ class Decoder(Protocol):
 
     @property
     def everything_jobs_running(self) -> int:
-        """Segment-everything jobs running on this replica now."""
+        """Segment-everything and edge jobs running on this replica now."""
         ...
 
     async def start(self) -> None: ...
@@ -71,3 +73,7 @@ class Decoder(Protocol):
     async def everything(
         self, crops: Sequence[tuple[Box, Embedding]], params: EverythingParams
     ) -> list[Proposal]: ...
+
+    async def edges(
+        self, image_id: str, crops: Sequence[tuple[Box, Embedding]], params: EdgeParams
+    ) -> EdgeMap: ...

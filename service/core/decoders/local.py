@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
+from opentelemetry import trace
+from prometheus_client import Histogram
 
 from service.core.decoders.base import Candidate, DecodeRequest
+from service.core.edges import EdgeMap, EdgeParams, edge_map
 from service.core.embedding import Embedding
 from service.core.everything import Box, Crop, EverythingParams, Proposal, segment_everything
 from service.core.metrics import Metrics
@@ -18,6 +23,8 @@ from service.core.tracing import in_context, tracer
 from service.errors import OverloadedError
 from service.model import EfficientSam, ranked_candidates
 from service.model.masks import encode_rle, rle_area_bbox, upsample_masks
+
+T = TypeVar("T")
 
 
 class LocalDecoder:
@@ -81,51 +88,90 @@ class LocalDecoder:
 
         ``crops``: the whole image's box and embedding first, then any crops'.
         """
+        prompts = len(crops) * params.points_per_side**2
+
+        def run(stop: threading.Event) -> list[Proposal]:
+            _, whole = crops[0]
+            return segment_everything(
+                self._model,
+                self._crops(crops),
+                whole.width,
+                whole.height,
+                params,
+                memory_budget_bytes=self._everything_memory,
+                cancelled=stop.is_set,
+            )
+
+        duration = self._metrics.everything_duration
+        return await self._long_job("everything", run, prompts, len(crops), duration)
+
+    async def edges(
+        self, image_id: str, crops: Sequence[tuple[Box, Embedding]], params: EdgeParams
+    ) -> EdgeMap:
+        """Edge detection on the point grid: a long job as ``everything`` (one limit for
+        both)."""
+        prompts = len(crops) * params.points_per_side**2
+
+        def run(stop: threading.Event) -> EdgeMap:
+            _, whole = crops[0]
+            return edge_map(
+                self._model,
+                self._crops(crops),
+                whole.width,
+                whole.height,
+                params,
+                memory_budget_bytes=self._everything_memory,
+                cancelled=stop.is_set,
+            )
+
+        return await self._long_job("edges", run, prompts, len(crops), self._metrics.edges_duration)
+
+    @staticmethod
+    def _crops(crops: Sequence[tuple[Box, Embedding]]) -> list[Crop]:
+        return [Crop(box, torch.from_numpy(e.as_float32())) for box, e in crops]
+
+    @contextlib.asynccontextmanager
+    async def long_job(
+        self, kind: str, prompts: int, n_crops: int, duration: Histogram
+    ) -> AsyncIterator[trace.Span]:
+        """A segment-everything or edge job's place on this replica (429 at once when
+        ``max_everything_jobs`` are running), its span and its duration; any backend's
+        long jobs count here."""
         if self._everything_running >= self._everything_limit:
             raise OverloadedError(
-                f"{self._everything_running} segment-everything job(s) already running on "
-                "this replica",
+                f"{self._everything_running} segment-everything or edge job(s) already "
+                "running on this replica",
                 retry_after_s=5,
             )
         self._everything_running += 1
-        prompts = len(crops) * params.points_per_side**2
-        stop = threading.Event()
         try:
-            async with self._slots:
-                start = time.perf_counter()
-                loop = asyncio.get_running_loop()
-                with tracer.start_as_current_span("esam.decode") as span:
-                    span.set_attributes({"esam.prompts": prompts, "esam.crops": len(crops)})
-                    result = await loop.run_in_executor(
-                        self._executor,
-                        in_context(self._run_everything),
-                        crops,
-                        params,
-                        stop,
-                    )
-                self._metrics.everything_duration.observe(time.perf_counter() - start)
-                self._metrics.decoder_prompts.inc(prompts)
-                return result
+            start = time.perf_counter()
+            with tracer.start_as_current_span("esam.decode") as span:
+                span.set_attributes(
+                    {"esam.prompts": prompts, "esam.crops": n_crops, "esam.job": kind}
+                )
+                yield span
+            duration.observe(time.perf_counter() - start)
+            self._metrics.decoder_prompts.inc(prompts)
         finally:
-            stop.set()  # a cancelled request stops its job at the next batch
             self._everything_running -= 1
 
-    def _run_everything(
+    async def _long_job(
         self,
-        crops: Sequence[tuple[Box, Embedding]],
-        params: EverythingParams,
-        stop: threading.Event,
-    ) -> list[Proposal]:
-        _, whole = crops[0]
-        return segment_everything(
-            self._model,
-            [Crop(box, torch.from_numpy(e.as_float32())) for box, e in crops],
-            whole.width,
-            whole.height,
-            params,
-            memory_budget_bytes=self._everything_memory,
-            cancelled=stop.is_set,
-        )
+        kind: str,
+        run: Callable[[threading.Event], T],
+        prompts: int,
+        n_crops: int,
+        duration: Histogram,
+    ) -> T:
+        """``run`` on a decoder thread as a long job (it shares the threads with clicks)."""
+        stop = threading.Event()
+        try:
+            async with self.long_job(kind, prompts, n_crops, duration), self._slots:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, in_context(run), stop)
+        finally:
+            stop.set()  # a cancelled request stops its job at the next batch
 
     def _run(self, request: DecodeRequest) -> list[list[Candidate]]:
         embedding = torch.from_numpy(request.embedding.as_float32())

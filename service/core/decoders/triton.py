@@ -1,7 +1,8 @@
 """The mask decoder in Triton (``efficientsam_decoder``), embeddings resident on its device.
 
-Each click names its image (``<model id>/<image id>``) and sends only its prompts;
-the embedding (2 MiB in FP16) travels only when the decoder answers "not resident"
+Each click names its image (``<model id>/<image id>/<record dtype>``) and sends only its
+prompts;
+the embedding (2 MiB in FP16, 1 MiB in int8) travels only when the decoder answers "not resident"
 (status 1: a new image, another endpoint after a failure, an eviction, a restarted
 Triton), and then once. Triton decodes the prompts of every request in one execution
 together and answers scores and COCO run lengths; here they become compressed RLE.
@@ -13,8 +14,9 @@ sent once to the next one in hash order within the same deadline (decoding is
 idempotent, and the embedding goes along when that one lacks it); a timeout is not
 retried. At most ``max_pending`` calls wait on Triton per gateway: beyond, 429 at once.
 
-Segment everything runs on the in-process decoder (``fallback``): its stability score
-needs every candidate's full-size logits, which this model does not return. A click
+Segment everything and edge detection run on the in-process decoder (``fallback``): their
+stability scores and Sobel filters need every candidate's full-size logits, which this
+model does not return. A click
 that Triton cannot take (unreachable, every circuit open, past the deadline: a restart,
 an outage) is decoded by that decoder too while one of its threads is free
 (``ESAM_DECODER_FALLBACK``, on by default; ``esam_decoder_fallbacks_total``), else it
@@ -24,9 +26,12 @@ gets 503 ``decoder_unavailable`` with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +43,8 @@ from tritonclient.utils import np_to_triton_dtype
 from service.core.circuit import Call
 from service.core.decoders.base import Candidate, DecodeRequest
 from service.core.decoders.local import LocalDecoder
-from service.core.embedding import EMBEDDING_SHAPE, Embedding
+from service.core.edges import EDGE_STEPS, EdgeMap, EdgeParams
+from service.core.embedding import Embedding
 from service.core.encoders.triton import (
     TritonEndpoint,
     UnreachableError,
@@ -61,6 +67,27 @@ OTHER_MODEL = 3  # an identity probe's answer: the decoder holds another checkpo
 PROMPTS_PER_REQUEST = 64
 _OUTPUTS = ("status", "scores", "rle_lengths", "rle_counts")
 _LOGITS = "low_res_logits"
+#: an edge request's outputs (edge_seconds: EDGE_STEPS, in order)
+_EDGE_OUTPUTS = ("status", "edges", "edge_counts", "edge_seconds")
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What one Triton request asks: prompts ``first:last`` of ``request``, or (``edges``)
+    the image's edge map."""
+
+    request: DecodeRequest
+    first: int
+    last: int
+    edges: EdgeParams | None = None
+
+
+def _embedding_inputs(embedding: Embedding) -> dict[str, NDArray[Any]]:
+    """The embedding as the decoder keeps it: int8 records as they are (values and their
+    scales: 1 MiB), float records as FP16 (2 MiB)."""
+    if embedding.scales is not None:
+        return {"embedding_int8": embedding.array, "embedding_scales": embedding.scales[None]}
+    return {"embedding": embedding.array.astype(np.float16, copy=False)}
 
 
 class TritonDownError(DecoderUnavailableError):
@@ -79,6 +106,7 @@ class TritonDecoder:
         model_id: str,
         model_name: str,
         timeout_s: float,
+        job_timeout_s: float,
         max_pending: int,
         metrics: Metrics,
         fallback: LocalDecoder,
@@ -89,6 +117,7 @@ class TritonDecoder:
         self._model_id = model_id
         self.model_name = model_name
         self.timeout_s = timeout_s
+        self.job_timeout_s = job_timeout_s
         self._max_pending = max_pending
         self._pending = 0
         self._metrics = metrics
@@ -197,11 +226,61 @@ class TritonDecoder:
         self._metrics.decoder_prompts.inc(n)
         return [prompt for part in parts for prompt in part]
 
+    async def edges(
+        self, image_id: str, crops: Sequence[tuple[Box, Embedding]], params: EdgeParams
+    ) -> EdgeMap:
+        """Edge detection in Triton, on the resident embedding (sent once when it is not);
+        with crops (their embeddings are not the image's), or when Triton cannot take it
+        and ESAM_DECODER_FALLBACK allows, on the gateway's own decoder. Either way a long
+        job of this replica (``ESAM_MAX_EVERYTHING_JOBS``)."""
+        if len(crops) > 1:
+            return await self._fallback.edges(image_id, crops, params)
+        _, embedding = crops[0]
+        # the request's prompt inputs are required by the model; an edge request's are unused
+        request = DecodeRequest(
+            image_id,
+            embedding,
+            np.zeros((1, 1, 2), dtype=np.float32),
+            np.ones((1, 1), dtype=np.float32),
+            "best",
+            False,
+        )
+        prompts = params.points_per_side**2
+        try:
+            async with self._fallback.long_job(
+                "edges", prompts, 1, self._metrics.edges_duration
+            ) as span:
+                span.set_attribute("esam.decoder", self.name)
+                result = await self._answer(_Part(request, 0, 1, params))
+        except TritonDownError:
+            if not self._use_fallback:
+                raise
+            self._metrics.decoder_fallbacks.inc()
+            return await self._fallback.edges(image_id, crops, params)
+        candidates, masks = (int(v) for v in result.as_numpy("edge_counts").reshape(-1))
+        seconds = result.as_numpy("edge_seconds").reshape(-1).tolist()
+        return EdgeMap(
+            strength=np.asarray(result.as_numpy("edges")[0], dtype=np.float32),
+            candidates=candidates,
+            masks=masks,
+            seconds={
+                step: s
+                for step, s in zip(EDGE_STEPS, seconds, strict=True)
+                if params.edge_nms or step != "thin"
+            },
+        )
+
     # --- one Triton request ----------------------------------------------------------------
     async def _decode(self, request: DecodeRequest, first: int, last: int) -> list[list[Candidate]]:
-        """Prompts ``first:last`` within the deadline, sent again once elsewhere."""
-        key = f"{self._model_id}/{request.image_id}"
-        deadline = time.monotonic() + self.timeout_s
+        return self._candidates(await self._answer(_Part(request, first, last)), request)
+
+    async def _answer(self, part: _Part) -> Any:
+        """One request's answer within the deadline, sent again once elsewhere."""
+        request = part.request
+        # the record's dtype too: a click is answered from exactly the embedding its
+        # gateway holds, also while a fleet changes ESAM_EMBEDDING_DTYPE
+        key = f"{self._model_id}/{request.image_id}/{request.embedding.dtype}"
+        deadline = time.monotonic() + self._timeout(part)
         tried: set[str] = set()
         for attempt in (1, 2):
             picked = self._pool.pick_for(request.image_id, avoid=tried)
@@ -215,7 +294,7 @@ class TritonDecoder:
                 )
             endpoint, call = picked
             try:
-                result = await self._call(endpoint, call, key, request, first, last, deadline)
+                result = await self._call(endpoint, call, key, part, deadline)
             except UnreachableError as exc:
                 tried.add(endpoint.address)
                 if attempt == 1 and deadline - time.monotonic() > 0.1:
@@ -225,31 +304,32 @@ class TritonDecoder:
                 raise TritonDownError(
                     "the decoder (Triton) is unreachable", retry_after_s=self._pool.retry_after_s()
                 ) from exc
-            return self._candidates(result, request)
+            return result
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _timeout(self, part: _Part) -> float:
+        return self.job_timeout_s if part.edges is not None else self.timeout_s
 
     async def _call(
         self,
         endpoint: TritonEndpoint,
         call: Call,
         key: str,
-        request: DecodeRequest,
-        first: int,
-        last: int,
+        part: _Part,
         deadline: float,
     ) -> Any:
         endpoint.outstanding += 1
         try:
-            result = await self._infer(endpoint, key, request, first, last, None, deadline)
+            result = await self._infer(endpoint, key, part, None, deadline)
             if int(result.as_numpy("status").reshape(-1)[0]) == NOT_RESIDENT:
                 self._metrics.decoder_embedding_sends.inc()
-                result = await self._infer(
-                    endpoint, key, request, first, last, request.embedding, deadline
-                )
+                result = await self._infer(endpoint, key, part, part.request.embedding, deadline)
         except TimeoutError as exc:
             call.failure()
             self._metrics.decoder_errors.labels("timeout").inc()
-            raise TritonDownError(f"the decoder did not answer within {self.timeout_s:g}s") from exc
+            raise TritonDownError(
+                f"the decoder did not answer within {self._timeout(part):g}s"
+            ) from exc
         except Exception as exc:
             if unreachable(exc):
                 endpoint.forget_model_check()
@@ -272,12 +352,11 @@ class TritonDecoder:
         self,
         endpoint: TritonEndpoint,
         key: str,
-        request: DecodeRequest,
-        first: int,
-        last: int,
+        part: _Part,
         embedding: Embedding | None,
         deadline: float,
     ) -> Any:
+        request, first, last = part.request, part.first, part.last
         tensors: dict[str, NDArray[Any]] = {
             "points": request.points[first:last][None].astype(np.float32, copy=False),
             "labels": request.labels[first:last][None].astype(np.float32, copy=False),
@@ -286,19 +365,21 @@ class TritonDecoder:
             ),
         }
         if embedding is not None:
-            tensors["embedding"] = embedding.array.reshape(EMBEDDING_SHAPE).astype(
-                np.float16, copy=False
-            )
+            tensors.update(_embedding_inputs(embedding))
         inputs = self._inputs(tensors)
         self._metrics.decoder_sent_bytes.inc(sum(a.nbytes for a in tensors.values()))
         names = (*_OUTPUTS, _LOGITS) if request.return_logits else _OUTPUTS
+        parameters: dict[str, Any] = {"image": key, "candidates": request.candidates}
+        if part.edges is not None:
+            names = _EDGE_OUTPUTS
+            parameters["edges"] = json.dumps(dataclasses.asdict(part.edges))
         remaining = max(0.001, deadline - time.monotonic())
         return await asyncio.wait_for(
             endpoint.client.infer(
                 self.model_name,
                 inputs,
                 outputs=self._outputs(names),
-                parameters={"image": key, "candidates": request.candidates},
+                parameters=parameters,
                 request_id=current_request_id(default=""),
                 headers=trace_headers() or None,
             ),

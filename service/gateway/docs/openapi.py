@@ -13,9 +13,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.core.everything import densest_grid
+from service.core.edges import EdgeParams
+from service.core.everything import EverythingParams, densest_grid
 from service.gateway.auth import OPEN_PATHS, accepts_basic
-from service.gateway.everything.protocol import DEFAULT_POINTS_PER_SIDE
 from service.settings import Settings
 
 JsonObject = dict[str, Any]
@@ -36,7 +36,11 @@ def deployment_openapi(app: FastAPI, settings: Settings) -> JsonObject:
         for name in ("SegmentByIdRequest", "SegmentWithImageRequest"):
             schemas[name]["properties"]["prompts"]["maxItems"] = settings.max_prompts
         _limit_image_size(document, settings.max_image_bytes)
-        _everything_budget(schemas, settings.max_everything_prompts)
+        for family, default in (
+            ("Everything", EverythingParams().points_per_side),
+            ("Edges", EdgeParams().points_per_side),
+        ):
+            _grid_budget(schemas, family, default, settings.max_everything_prompts)
         if settings.api_keys:
             _require_api_key(document)
         app.openapi_schema = document
@@ -51,21 +55,23 @@ def _limit_image_size(document: JsonObject, max_image_bytes: int) -> None:
         embed_json["schema"]["properties"]["image"],
         document["components"]["schemas"]["SegmentWithImageRequest"]["properties"]["image"],
         document["components"]["schemas"]["EverythingWithImageRequest"]["properties"]["image"],
+        document["components"]["schemas"]["EdgesWithImageRequest"]["properties"]["image"],
     ]
     for image in images:
         image["maxLength"] = max_length
 
 
-def _everything_budget(schemas: JsonObject, max_prompts: int) -> None:
-    """``ESAM_MAX_EVERYTHING_PROMPTS`` bounds points_per_side² × crops: the grid without
+def _grid_budget(schemas: JsonObject, family: str, default: int, max_prompts: int) -> None:
+    """``ESAM_MAX_EVERYTHING_PROMPTS`` bounds points_per_side² × crops of a grid job
+    (``family``: segment everything's or edge detection's requests): the grid without
     crops, the crop depths it allows, and (if/then) a smaller grid for each depth."""
     ceiling = 0
-    for name in ("EverythingByIdRequest", "EverythingWithImageRequest"):
+    for name in (f"{family}ByIdRequest", f"{family}WithImageRequest"):
         points_per_side = schemas[name]["properties"]["points_per_side"]
         ceiling = int(points_per_side["maximum"])
         points_per_side["maximum"] = densest_grid(max_prompts, 0, ceiling)
-        points_per_side["default"] = densest_grid(max_prompts, 0, DEFAULT_POINTS_PER_SIDE)
-    with_image = schemas["EverythingWithImageRequest"]
+        points_per_side["default"] = densest_grid(max_prompts, 0, default)
+    with_image = schemas[f"{family}WithImageRequest"]
     crop_n_layers = with_image["properties"]["crop_n_layers"]
     depths = range(int(crop_n_layers["maximum"]) + 1)
     allowed = [n for n in depths if densest_grid(max_prompts, n, ceiling) >= 1]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Request, Response
 
 from service.gateway.embed.protocol import EmbedResponse
-from service.gateway.embed.serving import embed_image, embedding_headers
+from service.gateway.embed.serving import embed_image
+from service.gateway.embedding_source import image_headers
 from service.gateway.errors import error_responses
 from service.gateway.images import IMAGE_REQUEST_BODY, read_image
 from service.gateway.npy import NPY_MEDIA_TYPE, npy_response, wants_npy
@@ -56,7 +57,8 @@ async def embed(
 ) -> EmbedResponse | Response:
     result = await embed_image(state, await read_image(request))
     if wants_npy(accept):
-        return npy_response(result.embedding, embedding_headers(state, result))
+        headers = image_headers(state, result.image_id, result.embedding, result.cached)
+        return npy_response(result.embedding, headers)
     return EmbedResponse(
         image_id=result.image_id,
         width=result.embedding.width,

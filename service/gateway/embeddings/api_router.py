@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from service.errors import EmbeddingNotFoundError
+from service.gateway.embedding_source import image_headers
 from service.gateway.errors import error_responses
 from service.gateway.examples import EXAMPLE_IMAGE_ID
 from service.gateway.npy import NPY_RESPONSE, npy_response
@@ -54,13 +55,7 @@ async def get_embedding(image_id: ImageId, state: State) -> Response:
     embedding = await state.embeddings.lookup(image_id)
     if embedding is None:
         raise EmbeddingNotFoundError(f"no cached embedding for image_id {image_id}")
-    headers = {
-        "X-Image-Id": image_id,
-        "X-Image-Width": str(embedding.width),
-        "X-Image-Height": str(embedding.height),
-        "X-Model": state.model_id,
-    }
-    return npy_response(embedding, headers)
+    return npy_response(embedding, image_headers(state, image_id, embedding))
 
 
 @router.delete(

@@ -13,11 +13,13 @@ from service.gateway.protocol_types import (
     BY_ID,
     ONE_IMAGE,
     WITH_IMAGE,
+    ById,
     Integer,
+    WithImage,
     integral,
     reject_null,
 )
-from service.gateway.segment.protocol import ById, Polygon, RleMask, WithImage
+from service.gateway.segment.protocol import Polygon, RleMask
 
 #: SAM's grid; a deployment whose ESAM_MAX_EVERYTHING_PROMPTS is lower defaults to the
 #: densest grid it allows (its OpenAPI document says which)

@@ -19,11 +19,11 @@ from service.gateway.examples import EXAMPLE_IMAGE_BASE64, EXAMPLE_IMAGE_ID
 from service.gateway.mask_formats import MaskFormat
 from service.gateway.protocol_types import (
     BY_ID,
-    IMAGE_ID_PATTERN,
     ONE_IMAGE,
     WITH_IMAGE,
-    Base64Image,
+    ById,
     Coordinate,
+    WithImage,
     add_to_schema,
     integral,
     no_default,
@@ -70,26 +70,6 @@ class PromptIn(BaseModel):
             "then": {"required": ["points"], "properties": {"points": {"minItems": 1}}},
             "else": {"properties": {"points": {"maxItems": MAX_POINTS - 2}}},
         }
-    )
-
-
-class ById(BaseModel):
-    """The image by the ``image_id`` that /embed returned."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    image_id: str = Field(
-        pattern=IMAGE_ID_PATTERN, description="From /embed (SHA-256 hex of the image file)."
-    )
-
-
-class WithImage(BaseModel):
-    """The image itself, encoded (and cached) on the way when it is new."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    image: Base64Image = Field(
-        description="base64 of the image file (a data: URL prefix is accepted)"
     )
 
 

@@ -9,32 +9,21 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.core.decoders import Candidate, DecodeRequest
-from service.core.embedding import Embedding
-from service.core.embeddings import SizeCheck
-from service.errors import EmbeddingNotFoundError, InvalidPromptError
-from service.gateway.images import decode_base64_image
+from service.errors import InvalidPromptError
+from service.gateway.embedding_source import image_embedding, image_source
 from service.gateway.mask_formats import mask_payloads
 from service.gateway.segment.protocol import (
-    ById,
     CandidateOut,
     Logits,
     PromptResult,
     SegmentRequest,
     SegmentResponse,
-    WithImage,
 )
 from service.gateway.state import ServingState
 from service.model import Candidates
 from service.model.prompts import Prompt, prompts_to_arrays
 
 PromptArrays = tuple[NDArray[np.float32], NDArray[np.float32]]
-
-
-def image_source(request: ById | WithImage) -> tuple[str | None, bytes | None]:
-    """``(image_id, None)``, or ``(None, the image file)`` decoded from base64."""
-    if isinstance(request, WithImage):
-        return None, decode_base64_image(request.image)
-    return request.image_id, None
 
 
 def _prompt_arrays(request: SegmentRequest, width: int, height: int, img_size: int) -> PromptArrays:
@@ -60,26 +49,6 @@ def candidates_wanted(multimask: bool, best_only: bool) -> Candidates:
     if not multimask:
         return "single"
     return "best" if best_only else "multimask"
-
-
-async def image_embedding(
-    state: ServingState, image_id: str | None, data: bytes | None, check: SizeCheck | None = None
-) -> tuple[str, Embedding, bool]:
-    """``(image_id, embedding, cached)``: from the cache by ``image_id`` (404 when absent),
-    or through an encode of the image file ``data`` (exactly one of the two is given)."""
-    if image_id is not None:
-        embedding = await state.embeddings.lookup(image_id)
-        if embedding is None:
-            raise EmbeddingNotFoundError(
-                f"no cached embedding for image_id {image_id}: send the image again "
-                "(POST /embed, or 'image' in this request)"
-            )
-        if check:
-            check(embedding.width, embedding.height)
-        return image_id, embedding, True
-    assert data is not None
-    result = await state.embeddings.embed(data, check=check)
-    return result.image_id, result.embedding, result.cached
 
 
 async def segment(state: ServingState, request: SegmentRequest) -> SegmentResponse:

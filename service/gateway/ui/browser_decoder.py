@@ -5,7 +5,8 @@ export traces the model; it must not run beside the gateway's own decodes, and i
 memory goes back to the OS when it ends).
 
 The page decodes a click with the same graph the gateway runs: prompt encoder and mask
-decoder (``service.model.onnx_export.export_decoder``), fed the cached float16 embedding.
+decoder (``service.model.onnx_export.export_decoder``), fed the cached embedding as
+float16 (int8 records dequantised by the gateway).
 """
 
 from __future__ import annotations

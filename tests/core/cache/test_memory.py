@@ -11,7 +11,7 @@ from service.core.embedding import Embedding
 
 
 def record(value: float = 0.0) -> Embedding:
-    return Embedding.from_float32(np.full((256, 64, 64), value, np.float32), 8, 8, "float16")
+    return Embedding.from_array(np.full((256, 64, 64), value, np.float32), 8, 8, "float16")
 
 
 def test_evicts_least_recently_used_to_stay_within_bytes() -> None:

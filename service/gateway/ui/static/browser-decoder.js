@@ -1,9 +1,10 @@
 // The optional in-browser decoder: the serving model's prompt encoder + mask decoder as
 // ONNX (/ui/models/decoder.onnx), run by onnxruntime-web's WebAssembly build (/ui/ort/),
-// fed the cached float16 embedding that /embed returns as .npy. Every step mirrors the
-// gateway: prompts scaled to the 1024 frame and padded with -1, candidates ordered by
-// predicted IoU, bicubic upsampling (PyTorch's, align_corners=False) straight to the
-// image size, mask = logits >= 0, COCO compressed RLE.
+// fed the cached embedding that /embed returns as a float16 .npy (int8 records come
+// dequantised). Every step mirrors the gateway: prompts scaled to the 1024 frame and
+// padded with -1, candidates ordered by predicted IoU, bicubic upsampling (PyTorch's,
+// align_corners=False) straight to the image size, mask = logits >= 0, COCO
+// compressed RLE.
 const IMG_SIZE = 1024, MAX_POINTS = 6, LOW_RES = 256;
 
 let ort = null;
