@@ -168,6 +168,7 @@ def test_boundary_band_and_thin_by_hand() -> None:
     assert np.array_equal(kept.sum(axis=0), [0, 0, 0, 5, 0, 0])
 
 
+@pytest.mark.slow  # two edge maps through the real model: not in `make test-fast`
 def test_a_real_image_through_the_real_model_is_deterministic(
     fixture_model: EfficientSam, image_bytes: bytes
 ) -> None:
