@@ -25,16 +25,17 @@ its own grid and embedding, masks cut by an inner crop edge are dropped, NMS run
 each crop and then across crops preferring the smaller crop.
 
 Upsampling runs in chunks under a memory budget (``ESAM_EVERYTHING_MEMORY_MB``), twice
-for the masks NMS keeps (once for the boxes, once for the edges) so that no full-size
-map is held between the steps; the low-resolution logits of the candidates are kept in
-float16 between them (128 KiB each).
+for the masks NMS keeps (once for the boxes, once for the edges). Between the steps only
+each candidate's point, mask token, predicted IoU and box are kept, and the points of the
+masks NMS kept are decoded again (the decoder is a function of its prompt): a job's
+memory does not grow with its grid (64² points on 21 crops are 258,048 candidates).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -98,10 +99,12 @@ class EdgeMap:
 
 @dataclass
 class _Candidates:
-    """One crop's non-empty candidates: low-res logits, predicted IoU, full-image boxes."""
+    """One crop's non-empty candidates: which point and mask token each is, its predicted
+    IoU and its full-image box (no pixels: the memory of a job does not grow with its grid)."""
 
     crop: Crop
-    low_res: torch.Tensor  # [K, 256, 256] float16, on the model's device
+    prompts: torch.Tensor  # [n², 1, 2] the crop's grid in the model frame
+    source: NDArray[np.int64]  # [K] point index × 3 + mask token
     iou: NDArray[np.float64]
     boxes: NDArray[np.int64]  # [K, 4] x0, y0, x1, y1 inclusive, in the full image
 
@@ -130,35 +133,54 @@ def _candidates(
     grid = point_grid(params.points_per_side, crop_w, crop_h)
     img_size = model.config.img_size
     scale = np.array([img_size / crop_w, img_size / crop_h])
+    prompts = torch.from_numpy((grid * scale).astype(np.float32))[:, None, :]
     chunk = _chunk(crop_h, crop_w, budget)
-    kept_logits, kept_iou, kept_boxes = [], [], []
+    kept_source, kept_iou, kept_boxes = [], [], []
     for start in range(0, len(grid), params.points_per_batch):
         if cancelled():
             raise TimeoutError("edge detection was cancelled")
-        batch = grid[start : start + params.points_per_batch]
-        points = torch.from_numpy((batch * scale).astype(np.float32))[:, None, :]
-        labels = torch.ones(len(batch), 1)
+        points = prompts[start : start + params.points_per_batch]
         with torch.inference_mode():
-            low_res, iou = model.decode(crop.embedding, points, labels, True)
+            low_res, iou = model.decode(crop.embedding, points, torch.ones(len(points), 1), True)
             low_res = low_res.flatten(0, 1)  # [B * 3, 256, 256]: every candidate
             iou = iou.flatten()
             for first in range(0, len(low_res), chunk):
-                part = low_res[first : first + chunk]
-                masks = _upsample(part, crop_h, crop_w) > 0
+                masks = _upsample(low_res[first : first + chunk], crop_h, crop_w) > 0
                 boxes = mask_boxes(masks).cpu().numpy()
                 present = masks.flatten(1).any(dim=1).cpu().numpy()
                 del masks
-                kept_logits.append(part[torch.from_numpy(present).to(part.device)].half())
+                (rows,) = np.nonzero(present)
+                kept_source.append(3 * start + first + rows)
                 kept_iou.append(iou[first : first + chunk].double().cpu().numpy()[present])
                 kept_boxes.append(boxes[present] + np.array([x0, y0, x0, y0]))
     boxes = np.concatenate(kept_boxes).astype(np.int64)
     iou = np.concatenate(kept_iou)
-    logits = torch.cat(kept_logits)
+    source = np.concatenate(kept_source).astype(np.int64)
     if crop.box != (0, 0, width, height):  # a mask cut by an inner crop edge is no object
         whole = ~near_crop_edge(boxes, crop.box, width, height)
-        boxes, iou = boxes[whole], iou[whole]
-        logits = logits[torch.from_numpy(whole).to(logits.device)]
-    return _Candidates(crop, logits, iou, boxes)
+        boxes, iou, source = boxes[whole], iou[whole], source[whole]
+    return _Candidates(crop, prompts, source, iou, boxes)
+
+
+def _kept_logits(
+    model: PromptDecoder, part: _Candidates, indices: Sequence[int], batch: int
+) -> Iterator[torch.Tensor]:
+    """The low-resolution logits of the candidates NMS kept, decoded again (the decoder is
+    a function of its prompt) ``batch`` points at a time: ``[k, 256, 256]`` per batch."""
+    sources = np.sort(part.source[list(indices)])
+    points = np.unique(sources // 3)
+    for start in range(0, len(points), batch):
+        chosen = points[start : start + batch]
+        wanted = sources[np.isin(sources // 3, chosen)]
+        with torch.inference_mode():
+            low_res, _ = model.decode(
+                part.crop.embedding,
+                part.prompts[torch.from_numpy(chosen)],
+                torch.ones(len(chosen), 1),
+                True,
+            )
+        rows = np.searchsorted(chosen, wanted // 3)
+        yield low_res[torch.from_numpy(rows), torch.from_numpy(wanted % 3)]
 
 
 def _survivors(found: Sequence[_Candidates], params: EdgeParams) -> list[tuple[int, int]]:
@@ -226,6 +248,30 @@ def thin(strength: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) -> torch.Te
     return torch.where(keep, strength, torch.zeros_like(strength))
 
 
+class _Maps:
+    """The running pixel-wise maximum of the masks' boundary responses, with the gradient
+    of the mask that gave each pixel its value (for edge NMS); on the model's device."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.strength = torch.zeros(height, width)
+        self.gx = torch.zeros(height, width)
+        self.gy = torch.zeros(height, width)
+
+    def add(self, logits: torch.Tensor, region: tuple[slice, slice], boundary_px: int) -> None:
+        """``[K, h, w]`` full-size logits of masks over ``region`` of the image."""
+        if self.strength.device != logits.device:
+            self.strength, self.gx, self.gy = (
+                t.to(logits.device) for t in (self.strength, self.gx, self.gy)
+            )
+        gx, gy = sobel(torch.sigmoid(logits))
+        response = torch.hypot(gx, gy) * boundary_band(logits > 0, boundary_px)
+        best, winner = response.max(dim=0)
+        stronger = best > self.strength[region]
+        self.strength[region] = torch.where(stronger, best, self.strength[region])
+        self.gx[region] = torch.where(stronger, gx.gather(0, winner[None])[0], self.gx[region])
+        self.gy[region] = torch.where(stronger, gy.gather(0, winner[None])[0], self.gy[region])
+
+
 def edge_map(
     model: PromptDecoder,
     crops: Sequence[Crop],
@@ -249,31 +295,20 @@ def edge_map(
     survivors = _survivors(found, params)
     seconds["nms"] = time.perf_counter() - start
     start = time.perf_counter()
-    device = found[0].low_res.device
-    strength = torch.zeros(height, width, device=device)
-    gx_best = torch.zeros(height, width, device=device)
-    gy_best = torch.zeros(height, width, device=device)
+    maps = _Maps(height, width)
     for c, part in enumerate(found):
         indices = [k for crop_index, k in survivors if crop_index == c]
         x0, y0, x1, y1 = part.crop.box
         chunk = _chunk(y1 - y0, x1 - x0, memory_budget_bytes)
-        for first in range(0, len(indices), chunk):
-            if cancelled():
-                raise TimeoutError("edge detection was cancelled")
-            index = torch.tensor(indices[first : first + chunk], device=device)
-            with torch.inference_mode():
-                logits = _upsample(part.low_res[index], y1 - y0, x1 - x0)
-                gx, gy = sobel(torch.sigmoid(logits))
-                response = torch.hypot(gx, gy) * boundary_band(logits > 0, params.boundary_px)
-                del logits
-                best, winner = response.max(dim=0)
-                winner = winner[None]
-                region = (slice(y0, y1), slice(x0, x1))
-                stronger = best > strength[region]
-                strength[region] = torch.where(stronger, best, strength[region])
-                gx_best[region] = torch.where(stronger, gx.gather(0, winner)[0], gx_best[region])
-                gy_best[region] = torch.where(stronger, gy.gather(0, winner)[0], gy_best[region])
-    peak = float(strength.max()) if strength.numel() else 0.0
+        for low_res in _kept_logits(model, part, indices, params.points_per_batch):
+            for first in range(0, len(low_res), chunk):
+                if cancelled():
+                    raise TimeoutError("edge detection was cancelled")
+                with torch.inference_mode():
+                    logits = _upsample(low_res[first : first + chunk], y1 - y0, x1 - x0)
+                    maps.add(logits, (slice(y0, y1), slice(x0, x1)), params.boundary_px)
+    strength, gx_best, gy_best = maps.strength, maps.gx, maps.gy
+    peak = float(strength.max())
     if peak > 0 and math.isfinite(peak):
         strength = strength / peak
     seconds["edges"] = time.perf_counter() - start
