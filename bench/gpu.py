@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tritonclient.utils import np_to_triton_dtype
 
+from service.core.decoders.triton import embedding_inputs
 from service.core.embedding import Embedding, EmbeddingDtype
 from service.core.loading import load_serving_model
 from service.devtools.benchmarking import (
@@ -188,11 +189,8 @@ def click_inputs(module: Any, index: int, embedding: Embedding | None = None) ->
         "labels": np.ones((1, 1, 1), dtype=np.float32),
         "image_size": np.array([[1080, 1920]], dtype=np.int32),
     }
-    if embedding is not None and embedding.scales is not None:
-        tensors["embedding_int8"] = embedding.array
-        tensors["embedding_scales"] = embedding.scales[None]
-    elif embedding is not None:
-        tensors["embedding"] = embedding.array.astype(np.float16)
+    if embedding is not None:
+        tensors.update(embedding_inputs(embedding))
     inputs = []
     for name, array in tensors.items():
         kind = np_to_triton_dtype(array.dtype)

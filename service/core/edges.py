@@ -46,6 +46,7 @@ from numpy.typing import NDArray
 
 from service.core.everything import Crop, box_nms, mask_boxes, near_crop_edge, point_grid
 from service.model import ModelConfig
+from service.model.masks import upsample_logits
 
 #: float32 logits, probability, two gradients, magnitude, boundary temporaries per pixel
 _BYTES_PER_EDGE_PIXEL = 4 * 8
@@ -113,12 +114,6 @@ def _chunk(height: int, width: int, budget: int) -> int:
     return max(1, budget // (height * width * _BYTES_PER_EDGE_PIXEL))
 
 
-def _upsample(low_res: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    return F.interpolate(
-        low_res[:, None].float(), size=(height, width), mode="bicubic", align_corners=False
-    )[:, 0]
-
-
 def _candidates(
     model: PromptDecoder,
     crop: Crop,
@@ -145,7 +140,7 @@ def _candidates(
             low_res = low_res.flatten(0, 1)  # [B * 3, 256, 256]: every candidate
             iou = iou.flatten()
             for first in range(0, len(low_res), chunk):
-                masks = _upsample(low_res[first : first + chunk], crop_h, crop_w) > 0
+                masks = upsample_logits(low_res[first : first + chunk], crop_h, crop_w) > 0
                 boxes = mask_boxes(masks).cpu().numpy()
                 present = masks.flatten(1).any(dim=1).cpu().numpy()
                 del masks
@@ -305,7 +300,7 @@ def edge_map(
                 if cancelled():
                     raise TimeoutError("edge detection was cancelled")
                 with torch.inference_mode():
-                    logits = _upsample(low_res[first : first + chunk], y1 - y0, x1 - x0)
+                    logits = upsample_logits(low_res[first : first + chunk], y1 - y0, x1 - x0)
                     maps.add(logits, (slice(y0, y1), slice(x0, x1)), params.boundary_px)
     strength, gx_best, gy_best = maps.strength, maps.gx, maps.gy
     peak = float(strength.max())

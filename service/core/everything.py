@@ -39,12 +39,11 @@ from typing import Literal
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from pycocotools import mask as coco_mask
 
 from service.model import EfficientSam
-from service.model.masks import BoolMask, CocoRle, encode_rle
+from service.model.masks import BoolMask, CocoRle, encode_rle, upsample_logits
 
 RankBy = Literal["predicted_iou", "iou_stability_mean"]
 Box = tuple[int, int, int, int]
@@ -297,9 +296,7 @@ def _upsampled(
     """Full-size logits for one chunk of candidates → the ones stable and non-empty."""
     x0, y0, x1, y1 = crop.box
     with torch.inference_mode():
-        logits = F.interpolate(
-            low_res[:, None].float(), size=(y1 - y0, x1 - x0), mode="bicubic", align_corners=False
-        )[:, 0]
+        logits = upsample_logits(low_res, y1 - y0, x1 - x0)
         stability = stability_scores(logits, params.stability_score_offset).cpu()
         masks = logits > 0
         del logits

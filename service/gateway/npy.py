@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import Response
-
-from service.core.embedding import Embedding
+from numpy.typing import NDArray
 
 NPY_MEDIA_TYPE = "application/x-npy"
 NPY_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -20,9 +19,10 @@ NPY_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def npy_response(embedding: Embedding, headers: dict[str, str]) -> Response:
+def npy_response(array: NDArray[Any], headers: dict[str, str]) -> Response:
+    """``array`` as a ``.npy`` body (an embedding: ``Embedding.as_float()``)."""
     buffer = io.BytesIO()
-    np.save(buffer, embedding.as_float(), allow_pickle=False)
+    np.save(buffer, array, allow_pickle=False)
     return Response(buffer.getvalue(), media_type=NPY_MEDIA_TYPE, headers=headers)
 
 

@@ -26,15 +26,21 @@ class Polygon(TypedDict):
     holes: list[list[list[int]]]
 
 
+def upsample_logits(low_res_logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[..., 256, 256]`` logits → float32 logits ``[..., height, width]``: bicubic
+    upsampling straight to the original size (PyTorch's, ``align_corners=False``)."""
+    lead = low_res_logits.shape[:-2]
+    flat = low_res_logits.reshape(-1, 1, *low_res_logits.shape[-2:]).float()
+    up = F.interpolate(flat, size=(height, width), mode="bicubic", align_corners=False)
+    return up.reshape(*lead, height, width)
+
+
 def upsample_masks(low_res_logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``[..., 256, 256]`` logits → boolean masks ``[..., height, width]``.
 
     Bicubic upsampling straight to the original size, then ``>= 0``.
     """
-    lead = low_res_logits.shape[:-2]
-    flat = low_res_logits.reshape(-1, 1, *low_res_logits.shape[-2:]).float()
-    up = F.interpolate(flat, size=(height, width), mode="bicubic", align_corners=False)
-    return (up >= 0).reshape(*lead, height, width)
+    return upsample_logits(low_res_logits, height, width) >= 0
 
 
 def encode_rle(mask: BoolMask) -> CocoRle:

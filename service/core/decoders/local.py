@@ -88,35 +88,35 @@ class LocalDecoder:
 
         ``crops``: the whole image's box and embedding first, then any crops'.
         """
-        prompts = len(crops) * params.points_per_side**2
-
-        def run(stop: threading.Event) -> list[Proposal]:
-            _, whole = crops[0]
-            return segment_everything(
-                self._model,
-                self._crops(crops),
-                whole.width,
-                whole.height,
-                params,
-                memory_budget_bytes=self._everything_memory,
-                cancelled=stop.is_set,
-            )
-
         duration = self._metrics.everything_duration
-        return await self._long_job("everything", run, prompts, len(crops), duration)
+        return await self._grid_job("everything", segment_everything, crops, params, duration)
 
     async def edges(
         self, image_id: str, crops: Sequence[tuple[Box, Embedding]], params: EdgeParams
     ) -> EdgeMap:
         """Edge detection on the point grid: a long job as ``everything`` (one limit for
         both)."""
-        prompts = len(crops) * params.points_per_side**2
+        return await self._grid_job("edges", edge_map, crops, params, self._metrics.edges_duration)
 
-        def run(stop: threading.Event) -> EdgeMap:
-            _, whole = crops[0]
-            return edge_map(
+    async def _grid_job(
+        self,
+        kind: str,
+        procedure: Callable[..., T],
+        crops: Sequence[tuple[Box, Embedding]],
+        params: EverythingParams | EdgeParams,
+        duration: Histogram,
+    ) -> T:
+        """``procedure`` (``segment_everything`` or ``edge_map``: the same signature) over
+        the image and its crops, on a decoder thread as a long job (it shares the threads
+        with clicks)."""
+        _, whole = crops[0]
+        prompts = len(crops) * params.points_per_side**2
+        stop = threading.Event()
+
+        def run() -> T:
+            return procedure(
                 self._model,
-                self._crops(crops),
+                [Crop(box, torch.from_numpy(e.as_float32())) for box, e in crops],
                 whole.width,
                 whole.height,
                 params,
@@ -124,11 +124,12 @@ class LocalDecoder:
                 cancelled=stop.is_set,
             )
 
-        return await self._long_job("edges", run, prompts, len(crops), self._metrics.edges_duration)
-
-    @staticmethod
-    def _crops(crops: Sequence[tuple[Box, Embedding]]) -> list[Crop]:
-        return [Crop(box, torch.from_numpy(e.as_float32())) for box, e in crops]
+        try:
+            async with self.long_job(kind, prompts, len(crops), duration), self._slots:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, in_context(run))
+        finally:
+            stop.set()  # a cancelled request stops its job at the next batch
 
     @contextlib.asynccontextmanager
     async def long_job(
@@ -155,23 +156,6 @@ class LocalDecoder:
             self._metrics.decoder_prompts.inc(prompts)
         finally:
             self._everything_running -= 1
-
-    async def _long_job(
-        self,
-        kind: str,
-        run: Callable[[threading.Event], T],
-        prompts: int,
-        n_crops: int,
-        duration: Histogram,
-    ) -> T:
-        """``run`` on a decoder thread as a long job (it shares the threads with clicks)."""
-        stop = threading.Event()
-        try:
-            async with self.long_job(kind, prompts, n_crops, duration), self._slots:
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, in_context(run), stop)
-        finally:
-            stop.set()  # a cancelled request stops its job at the next batch
 
     def _run(self, request: DecodeRequest) -> list[list[Candidate]]:
         embedding = torch.from_numpy(request.embedding.as_float32())

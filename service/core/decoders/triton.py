@@ -82,7 +82,7 @@ class _Part:
     edges: EdgeParams | None = None
 
 
-def _embedding_inputs(embedding: Embedding) -> dict[str, NDArray[Any]]:
+def embedding_inputs(embedding: Embedding) -> dict[str, NDArray[Any]]:
     """The embedding as the decoder keeps it: int8 records as they are (values and their
     scales: 1 MiB), float records as FP16 (2 MiB)."""
     if embedding.scales is not None:
@@ -365,7 +365,7 @@ class TritonDecoder:
             ),
         }
         if embedding is not None:
-            tensors.update(_embedding_inputs(embedding))
+            tensors.update(embedding_inputs(embedding))
         inputs = self._inputs(tensors)
         self._metrics.decoder_sent_bytes.inc(sum(a.nbytes for a in tensors.values()))
         names = (*_OUTPUTS, _LOGITS) if request.return_logits else _OUTPUTS

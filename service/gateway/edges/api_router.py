@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Response
 
 from service.gateway.edges.protocol import EdgesRequest
-from service.gateway.edges.serving import detect_edges, edges_npy, edges_png
+from service.gateway.edges.serving import detect_edges, edges_png
 from service.gateway.errors import error_responses
-from service.gateway.npy import NPY_MEDIA_TYPE, wants_npy
+from service.gateway.npy import NPY_MEDIA_TYPE, npy_response, wants_npy
 from service.gateway.state import State
 
 router = APIRouter(tags=["segmentation"])
@@ -50,6 +50,6 @@ async def detect_edges_route(
     result = await detect_edges(state, request)
     strength = result.edges.strength
     if wants_npy(accept):
-        return Response(edges_npy(strength), media_type=NPY_MEDIA_TYPE, headers=result.headers)
+        return npy_response(strength, result.headers)
     png = await edges_png(strength)
     return Response(png, media_type="image/png", headers=result.headers)

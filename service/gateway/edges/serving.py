@@ -64,9 +64,3 @@ def _png(strength: NDArray[np.float32]) -> bytes:
 async def edges_png(strength: NDArray[np.float32]) -> bytes:
     """The map as an 8-bit grayscale PNG (0 = no edge, 255 = the strongest), off the loop."""
     return await asyncio.to_thread(_png, strength)
-
-
-def edges_npy(strength: NDArray[np.float32]) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, strength.astype(np.float32), allow_pickle=False)
-    return buffer.getvalue()

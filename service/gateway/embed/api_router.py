@@ -58,7 +58,7 @@ async def embed(
     result = await embed_image(state, await read_image(request))
     if wants_npy(accept):
         headers = image_headers(state, result.image_id, result.embedding, result.cached)
-        return npy_response(result.embedding, headers)
+        return npy_response(result.embedding.as_float(), headers)
     return EmbedResponse(
         image_id=result.image_id,
         width=result.embedding.width,

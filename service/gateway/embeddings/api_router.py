@@ -55,7 +55,7 @@ async def get_embedding(image_id: ImageId, state: State) -> Response:
     embedding = await state.embeddings.lookup(image_id)
     if embedding is None:
         raise EmbeddingNotFoundError(f"no cached embedding for image_id {image_id}")
-    return npy_response(embedding, image_headers(state, image_id, embedding))
+    return npy_response(embedding.as_float(), image_headers(state, image_id, embedding))
 
 
 @router.delete(
