@@ -22,11 +22,14 @@ install: $(STAMP)
 serve: $(STAMP)  ## run the gateway on the embedded default (in-process encoder, memory cache)
 	$(BIN)/python -m service
 
+# the suite runs on TEST_WORKERS processes (pytest-xdist), a test file to each: most of a
+# file's time is spent waiting on the servers it starts, which the other files use
+TEST_WORKERS ?= 2
 test: $(STAMP) chromium ui-assets  ## the whole test suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)  ## the inner loop: every test not marked slow (no Triton, Label Studio, browser, gateway process)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # the /docs test drives a real browser: Debian's chromium (Playwright uses it and downloads none)
 chromium:
