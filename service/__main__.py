@@ -82,7 +82,7 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         log_config=logging_config(settings.log_level, settings.log_format),
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
         proxy_headers=True,
     )
     try:

@@ -196,6 +196,13 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    shutdown_grace_s: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="After SIGTERM, how long in-flight requests may run before they are "
+        "cancelled (keep it under Kubernetes' terminationGracePeriodSeconds minus preStop).",
+    )
 
     # --- Label Studio ML backend (/labelstudio) and fetching images by URL ------------
     label_studio_url: str | None = Field(

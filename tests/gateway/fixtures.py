@@ -156,6 +156,9 @@ def gateway_factory(
             "checkpoint": str(fixture.checkpoint),
             "redis_key_prefix": prefix,
             "max_concurrent_decodes": 2,
+            # a test about the encode deadline sets its own: elsewhere a CPU encode on a busy
+            # machine (the suite runs on two workers) must not fail for being slow
+            "encode_timeout_s": 300,
         }
         values.update(overrides)
         settings = Settings(**values)

@@ -1,10 +1,10 @@
-"""Hostile input: each gets its documented 4xx quickly, with bounded memory, caching nothing."""
+"""Hostile input: each gets its documented 4xx before any encode, with bounded memory, caching
+nothing."""
 
 from __future__ import annotations
 
 import io
 import struct
-import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,6 @@ from service.errors import ImageTooLargeError
 from service.model.preprocess import decode_image
 from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.support import assert_error, png_bytes
-
-QUICK_S = 2.0
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -47,10 +45,8 @@ def jpeg_with_exif(exif: bytes) -> bytes:
 def test_bomb_is_refused_from_its_header_without_decoding(tmp_path: Path) -> None:
     bomb = decompression_bomb()
     assert len(bomb) < 64 * 1024
-    start = time.perf_counter()
     with pytest.raises(ImageTooLargeError, match="pixels"):
         decode_image(bomb, max_pixels=50_000_000)
-    assert time.perf_counter() - start < 0.5
     # what reading its header costs, in a fresh process: nothing near its 7.5 GB
     (tmp_path / "bomb.png").write_bytes(bomb)
     measured = measure("header", tmp_path / "bomb.png")
@@ -59,25 +55,21 @@ def test_bomb_is_refused_from_its_header_without_decoding(tmp_path: Path) -> Non
 
 
 async def test_bomb_through_the_gateway(gateway: Gateway) -> None:
-    start = time.perf_counter()
     response = await gateway.client.post(
         "/embed", content=decompression_bomb(), headers={"Content-Type": "image/png"}
     )
     assert_error(response, 413, "image_too_large")
-    assert time.perf_counter() - start < QUICK_S
     assert gateway.metric("esam_pending_encodes") == 0  # refused before admission
     assert gateway.encodes == 0
     assert len(gateway.state.embeddings.cache.l1) == 0
 
 
 @pytest.mark.parametrize("size", [60_000, 65_000])
-async def test_huge_exif_block_is_ignored_quickly(gateway: Gateway, size: int) -> None:
+async def test_huge_exif_block_is_ignored(gateway: Gateway, size: int) -> None:
     junk = b"Exif\x00\x00" + np.random.default_rng(size).integers(0, 256, size, np.uint8).tobytes()
-    start = time.perf_counter()
     response = await gateway.client.post(
         "/embed", content=jpeg_with_exif(junk), headers={"Content-Type": "image/jpeg"}
     )
-    assert time.perf_counter() - start < 5  # one CPU encode
     assert response.status_code == 200, response.text
     assert (response.json()["width"], response.json()["height"]) == (64, 48)
 
@@ -120,24 +112,21 @@ HOSTILE: list[tuple[str, dict[str, Any], int, str]] = [
 
 
 @pytest.mark.parametrize(("name", "kwargs", "status", "code"), HOSTILE, ids=[h[0] for h in HOSTILE])
-async def test_hostile_embeds_are_refused_quickly(
+async def test_hostile_embeds_are_refused_before_any_encode(
     gateway: Gateway, name: str, kwargs: dict[str, Any], status: int, code: str
 ) -> None:
-    start = time.perf_counter()
     response = await gateway.client.post("/embed", **kwargs)
     assert_error(response, status, code)
-    assert time.perf_counter() - start < QUICK_S
     assert gateway.encodes == 0
     assert len(gateway.state.embeddings.cache.l1) == 0
 
 
 async def test_oversized_body_is_refused_before_it_is_read(gateway_factory: GatewayFactory) -> None:
     async with gateway_factory(max_image_bytes=1 << 20) as gw:
-        start = time.perf_counter()
         response = await gw.client.post(
             "/embed",
             content=b"\0" * 4096,
             headers={"Content-Type": "image/png", "Content-Length": str(1 << 30)},
         )
         assert_error(response, 413, "image_too_large")
-        assert time.perf_counter() - start < QUICK_S
+        assert gw.encodes == 0

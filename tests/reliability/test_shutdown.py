@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,19 +19,34 @@ from tests.services import RedisServer, stored_record
 pytestmark = pytest.mark.slow  # faults in real servers under load: not in `make test-fast`
 
 
-async def test_sigterm_finishes_in_flight_requests(
-    fixture: Fixture, private_redis: RedisServer
-) -> None:
-    prefix = "shutdown-test"
-    gateway = GatewayProcess(
+def encoding_gateway(
+    fixture: Fixture,
+    private_redis: RedisServer,
+    prefix: str,
+    *,
+    grace_s: int,
+    stderr: Path | None = None,
+) -> GatewayProcess:
+    """A gateway process that encodes one image at a time and keeps embeddings in Redis."""
+    return GatewayProcess(
         {
             "ESAM_CHECKPOINT": str(fixture.checkpoint),
             "ESAM_CACHE": "redis",
             "ESAM_REDIS_URL": private_redis.url,
             "ESAM_REDIS_KEY_PREFIX": prefix,
             "ESAM_ENCODER_MAX_BATCH": "1",
-        }
+            "ESAM_SHUTDOWN_GRACE_S": str(grace_s),
+        },
+        stderr=stderr,
     )
+
+
+async def test_sigterm_finishes_in_flight_requests(
+    fixture: Fixture, private_redis: RedisServer
+) -> None:
+    prefix = "shutdown-test"
+    # four CPU encodes one after another on a busy machine may outlast the default 30 s
+    gateway = encoding_gateway(fixture, private_redis, prefix, grace_s=300)
     gateway.start()
     process, url = gateway.process, gateway.url
     assert process is not None
@@ -59,6 +75,49 @@ async def test_sigterm_finishes_in_flight_requests(
             r.json()["image_id"] for r in responses
         )
         for key in keys:  # every record is whole
+            record = Embedding.from_bytes(stored_record(client_redis, key))
+            assert (record.width, record.height) == (320, 240)
+    finally:
+        gateway.stop()
+
+
+async def test_requests_past_the_grace_are_cancelled_and_nothing_half_done_is_kept(
+    fixture: Fixture, private_redis: RedisServer, tmp_path: Path
+) -> None:
+    prefix = "grace-test"
+    log = tmp_path / "gateway.log"
+    gateway = encoding_gateway(fixture, private_redis, prefix, grace_s=1, stderr=log)
+    gateway.start()
+    process, url = gateway.process, gateway.url
+    assert process is not None
+    try:
+        # six CPU encodes one after another: many seconds, far past a 1 s grace
+        images = [jpeg_image(7100 + i, (320, 240)) for i in range(6)]
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
+            async def upload(image: bytes) -> int | None:
+                try:
+                    response = await client.post(
+                        "/embed", content=image, headers={"Content-Type": "image/jpeg"}
+                    )
+                except httpx.TransportError:
+                    return None  # the connection closed without an answer
+                return response.status_code
+
+            in_flight = [asyncio.create_task(upload(image)) for image in images]
+            await asyncio.sleep(1.0)
+            process.send_signal(signal.SIGTERM)
+            statuses = await asyncio.gather(*in_flight)
+        assert process.wait(60) in (0, -signal.SIGTERM)
+        answered = [s for s in statuses if s == 200]
+        assert len(answered) < len(images), statuses  # the grace cut the last ones short
+        assert set(statuses) <= {200, 500, None}, statuses  # 500: uvicorn's, for a cancelled one
+        assert "cancelled after" in log.read_text()  # the gateway names what it gave up on
+        # nothing half-done was cached: only whole records, no more than were answered 200
+        client_redis = redis.Redis.from_url(private_redis.url)
+        keys = list(client_redis.scan_iter(f"{prefix}:emb:*"))
+        assert len(keys) <= len(answered) + 1  # + the encode whose store raced the cancel
+        for key in keys:
             record = Embedding.from_bytes(stored_record(client_redis, key))
             assert (record.width, record.height) == (320, 240)
     finally:

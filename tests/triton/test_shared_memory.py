@@ -127,7 +127,6 @@ async def test_regions_are_registered_again_after_triton_restarts(
             triton_url=server.grpc_url,
             triton_shared_memory="system",
             embedding_dtype="float32",
-            encode_timeout_s=30,
         ) as gw:
             before = await embed_at_once(gw, [png_bytes(seed=seed) for seed in (5, 6, 7)])
             assert [r.status_code for r in before] == [200] * 3

@@ -80,7 +80,7 @@ def make_client(
     if target.mode == "standalone":
         return aioredis.Redis.from_url(target.urls[0], **options)
     if target.mode == "sentinel":
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8.2
             target.nodes(),
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
