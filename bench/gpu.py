@@ -29,9 +29,12 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +268,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| model | precision | batch | ms | images/s | vs explicit-softmax fp32 |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for r in result["model"]:
+    for r in result.get("model", []):
         speed_up = f"{r['speed_up']:.2f}×" if "speed_up" in r else "-"
         lines.append(
             f"| {r['variant']} | {r['precision']} | {r['batch']} | {r['ms']:.1f} | "
@@ -279,7 +282,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| concurrency | requests | images/s | p50 ms | p99 ms | requests per execution |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for r in result["triton"]:
+    for r in result.get("triton", []):
         lines.append(
             f"| {r['concurrency']} | {r['requests']} | {r['images_per_s']:.1f} | {r['p50_ms']:.0f} "
             f"| {r['p99_ms']:.0f} | {r['requests_per_execution']:.2f} |"
@@ -291,7 +294,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| grid | thresholds | ms | masks |",
         "| --- | --- | --- | --- |",
     ]
-    for r in result["everything"]:
+    for r in result.get("everything", []):
         lines.append(
             f"| {r['grid']}×{r['grid']} | {r['thresholds']} | {r['ms']:.0f} | {r['masks']} |"
         )
@@ -302,7 +305,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| grid | ms | candidates | masks | decode ms | NMS ms | edges ms | thin ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in result["edges"]:
+    for r in result.get("edges", []):
         lines.append(
             f"| {r['grid']}×{r['grid']} | {r['ms']:.0f} | {r['candidates']} | {r['masks']} | "
             f"{r['decode_ms']:.0f} | {r['nms_ms']:.0f} | {r['edges_ms']:.0f} | "
@@ -317,21 +320,56 @@ def markdown(result: dict[str, Any]) -> str:
         "requests per execution |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in result["decoder"]:
+    for r in result.get("decoder", []):
         lines.append(
             f"| {r['embedding']} | {r['concurrency']} | {r['requests']} | "
             f"{r['prompts_per_s']:.1f} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['requests_per_execution']:.2f} |"
         )
+    for stage, error in result.get("errors", {}).items():
+        lines += ["", f"**{stage} failed**:", "", "```", error, "```"]
     return "\n".join(lines) + "\n"
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    """Whatever has been measured so far: a later stage's failure or a timeout keeps it."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps(result, indent=2))
+    (out / "gpu.md").write_text(markdown(result))
+
+
+def stage(result: dict[str, Any], out: Path, name: str, run: Callable[[], Any]) -> bool:
+    """``result[name] = run()``; a failure is recorded under ``errors`` and the next stages
+    still run (one machine, one try: every figure that can be had is kept)."""
+    try:
+        result[name] = run()
+        return True
+    except Exception:
+        result.setdefault("errors", {})[name] = traceback.format_exc()[-6000:]
+        print(f"{name} failed:\n{result['errors'][name]}", file=sys.stderr, flush=True)
+        return False
+    finally:
+        write(result, out)
+
+
+STAGES = ("model", "everything", "edges", "triton", "decoder")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="the same path on the CPU, small")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench" / "gpu")
+    parser.add_argument("--triton-log", type=Path, help="where to keep tritonserver's log")
+    parser.add_argument(
+        "--triton-arg", action="append", default=[], help="a tritonserver option (repeatable)"
+    )
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"comma-separated, of {', '.join(STAGES)} (default: all)",
+    )
     args = parser.parse_args()
-    start = time.monotonic()
+    start_time = time.monotonic()
     if not args.dry_run and not torch.cuda.is_available():
         print("no CUDA device: run with --dry-run on a CPU", file=sys.stderr)
         return 2
@@ -343,52 +381,103 @@ def main() -> int:
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }
-    result["model"] = model_rows(device, args.dry_run)
-    result["everything"] = everything_rows(device, args.dry_run)
-    result["edges"] = edges_rows(device, args.dry_run)
+    wanted = set(args.stages.split(","))
+    if "model" in wanted:
+        stage(result, args.out, "model", lambda: model_rows(device, args.dry_run))
+    if "everything" in wanted:
+        stage(result, args.out, "everything", lambda: everything_rows(device, args.dry_run))
+    if "edges" in wanted:
+        stage(result, args.out, "edges", lambda: edges_rows(device, args.dry_run))
+    if not wanted & {"triton", "decoder"}:
+        result["seconds"] = round(time.monotonic() - start_time, 1)
+        write(result, args.out)
+        print(markdown(result))
+        return 1 if result.get("errors") else 0
     checkpoint = str(CHECKPOINT) if CHECKPOINT.exists() else "random"
     with tempfile.TemporaryDirectory() as workdir:
+        log = Path(workdir) / "tritonserver.log"
         server = LocalTriton(
             Path(workdir),
             checkpoint,
             http_port=free_port(),
             grpc_port=free_port(),
             metrics_port=free_port(),
-            log_path=Path(workdir) / "tritonserver.log",
+            log_path=log,
             gpu=not args.dry_run,
             max_batch=2 if args.dry_run else 32,
             decoder=True,
             decoder_resident_bytes=1 << 30,
+            extra_args=tuple(args.triton_arg),
         )
-        server.start(timeout_s=300)
-        try:
-            levels = [1, 2] if args.dry_run else [1, 4, 16, 64]
-            per_level = 2 if args.dry_run else 128
-            result["triton"] = asyncio.run(triton_rows(server, levels, per_level))
-            click_levels = [1, 2] if args.dry_run else [1, 16, 64, 256]
-            model_id = load_serving_model(checkpoint, None, "cpu").model_id
-            clicks, images = (4, 2) if args.dry_run else (2048, 64)
-            dtypes: tuple[tuple[EmbeddingDtype, list[int]], ...] = (
-                ("float16", click_levels),
-                ("int8", click_levels[-1:]),
-            )
-            result["decoder"] = [
-                row
-                # every level with FP16 residents, the busiest with int8 (the default)
-                for dtype, dtype_levels in dtypes
-                for row in asyncio.run(
-                    decoder_rows(server, dtype_levels, clicks, images, model_id, dtype)
+
+        def start() -> str:
+            try:
+                server.start(timeout_s=300)
+            except Exception as exc:
+                text = log.read_text(errors="replace") if log.exists() else ""
+                # Triton's errors (E lines, failed loads), then the end of its log
+                errors = [
+                    line
+                    for line in text.splitlines()
+                    if line.startswith("E") or "failed to load" in line or "Error" in line
+                ]
+                raise RuntimeError(
+                    f"{exc}\n--- errors in tritonserver.log ---\n"
+                    + "\n".join(errors)[-6000:]
+                    + f"\n--- tritonserver.log (end) ---\n{text[-1500:]}"
+                ) from exc
+            return "ready"
+
+        started = stage(result, args.out, "triton_start", start)
+        if not started and "decoder" in wanted:
+            # the encoder's figures without the decoder that failed (its error is kept)
+            result["errors"]["triton_start_with_decoder"] = result["errors"].pop("triton_start")
+            server.decoder = False
+            server._prepared = None
+            wanted.discard("decoder")
+            started = stage(result, args.out, "triton_start", start)
+        if started:
+            try:
+                levels = [1, 2] if args.dry_run else [1, 4, 16, 64]
+                per_level = 2 if args.dry_run else 128
+                if "triton" in wanted:
+                    stage(
+                        result,
+                        args.out,
+                        "triton",
+                        lambda: asyncio.run(triton_rows(server, levels, per_level)),
+                    )
+                click_levels = [1, 2] if args.dry_run else [1, 16, 64, 256]
+                model_id = load_serving_model(checkpoint, None, "cpu").model_id
+                clicks, images = (4, 2) if args.dry_run else (2048, 64)
+                dtypes: tuple[tuple[EmbeddingDtype, list[int]], ...] = (
+                    ("float16", click_levels),
+                    ("int8", click_levels[-1:]),
                 )
-            ]
-        finally:
-            server.stop()
-    result["seconds"] = round(time.monotonic() - start, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu.json").write_text(json.dumps(result, indent=2))
-    (args.out / "gpu.md").write_text(markdown(result))
+                if "decoder" not in wanted:
+                    return 1 if result.get("errors") else 0
+                stage(
+                    result,
+                    args.out,
+                    "decoder",
+                    lambda: [
+                        row
+                        # every level with FP16 residents, the busiest with int8 (the default)
+                        for dtype, dtype_levels in dtypes
+                        for row in asyncio.run(
+                            decoder_rows(server, dtype_levels, clicks, images, model_id, dtype)
+                        )
+                    ],
+                )
+            finally:
+                server.stop()
+                if args.triton_log is not None and log.exists():
+                    shutil.copy(log, args.triton_log)  # what the server said, kept
+    result["seconds"] = round(time.monotonic() - start_time, 1)
+    write(result, args.out)
     print(markdown(result))
     print(f"wrote {args.out / 'gpu.json'} and gpu.md in {result['seconds']} s")
-    return 0
+    return 1 if result.get("errors") else 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ if [ -x .venv/bin/python ]; then
     PY=.venv/bin/python
 else
     PY=${PYTHON:-python3}
-    if ! "$PY" -c "import pytriton, tritonclient, PIL, cv2, pycocotools, httpx, pydantic_settings" 2>/dev/null; then
+    # pytriton is looked up, not imported: only its tritonserver is used
+    if ! "$PY" -c "import importlib.util as u, tritonclient, PIL, cv2, pycocotools, httpx, pydantic_settings; assert u.find_spec('pytriton')" 2>/dev/null; then
         if [ -d .whl ]; then
             "$PY" -m pip install --quiet --no-index --find-links .whl --no-deps .whl/*.whl
         else

@@ -328,10 +328,6 @@ class Settings(BaseSettings):
         return self.ui if self.ui is not None else self.encoder == "local"
 
     @property
-    def random_weights(self) -> bool:
-        return self.checkpoint == "random"
-
-    @property
     def trace_exporters(self) -> list[str]:
         """The span exporters to install; empty: tracing off (the default)."""
         if self.otel_sdk_disabled:

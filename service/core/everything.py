@@ -43,7 +43,14 @@ from numpy.typing import NDArray
 from pycocotools import mask as coco_mask
 
 from service.model import EfficientSam
-from service.model.masks import BoolMask, CocoRle, encode_rle, upsample_logits
+from service.model.masks import (
+    BoolMask,
+    CocoRle,
+    compress_rle,
+    encode_rle,
+    run_lengths,
+    upsample_logits,
+)
 
 RankBy = Literal["predicted_iou", "iou_stability_mean"]
 Box = tuple[int, int, int, int]
@@ -261,14 +268,16 @@ def proposals(
         (survivors,) = torch.nonzero(iou > params.pred_iou_thresh, as_tuple=True)
         for first in range(0, len(survivors), chunk):
             index = survivors[first : first + chunk]
-            found = _upsampled(
+            kept += _upsampled(
                 low_res[index.to(low_res.device)],
                 iou[index],
                 batch[index.numpy() // 3],
                 crop,
+                width,
+                height,
                 params,
+                memory_budget_bytes,
             )
-            kept.extend(_in_image(found, crop, width, height))
     return kept
 
 
@@ -276,24 +285,19 @@ def _chunk_size(height: int, width: int, memory_budget_bytes: int) -> int:
     return max(1, memory_budget_bytes // (height * width * _BYTES_PER_CANDIDATE_PIXEL))
 
 
-@dataclass(frozen=True)
-class _Found:
-    masks: torch.Tensor  # [K, crop_h, crop_w] bool
-    boxes: NDArray[np.int64]  # [K, 4] in the full image
-    areas: list[int]
-    iou: list[float]
-    stability: list[float]
-    points: NDArray[np.float64]  # [K, 2] in the full image
-
-
 def _upsampled(
     low_res: torch.Tensor,
     iou: torch.Tensor,
     points: NDArray[np.float64],
     crop: Crop,
+    width: int,
+    height: int,
     params: EverythingParams,
-) -> _Found:
-    """Full-size logits for one chunk of candidates → the ones stable and non-empty."""
+    memory_budget_bytes: int,
+) -> list[Proposal]:
+    """Full-size logits for one chunk of candidates → the stable, non-empty ones that no
+    inner crop edge cuts, placed in the full image as RLE. The masks stay on the model's
+    device: only their boxes, areas, scores and run lengths leave it."""
     x0, y0, x1, y1 = crop.box
     with torch.inference_mode():
         logits = upsample_logits(low_res, y1 - y0, x1 - x0)
@@ -305,44 +309,70 @@ def _upsampled(
         (rows,) = torch.nonzero(good, as_tuple=True)
         masks = masks[rows.to(masks.device)]
         boxes = mask_boxes(masks).cpu().numpy() + np.array([x0, y0, x0, y0])
-        masks = masks.cpu()
-    return _Found(
-        masks=masks,
-        boxes=boxes,
-        areas=areas[rows].tolist(),
-        iou=iou[rows].tolist(),
-        stability=stability[rows].tolist(),
-        points=points[rows.numpy()] + np.array([x0, y0]),
-    )
+        if crop.box != (0, 0, width, height):
+            (inside,) = np.nonzero(~near_crop_edge(boxes, crop.box, width, height))
+            masks = masks[torch.from_numpy(inside).to(masks.device)]
+            boxes, rows = boxes[inside], rows[torch.from_numpy(inside)]
+        rles = _rles(masks, crop.box, width, height, memory_budget_bytes)
+    crop_area = (x1 - x0) * (y1 - y0)
+    return [
+        Proposal(
+            rle=rle,
+            area=int(areas[row]),
+            box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
+            predicted_iou=float(iou[row]),
+            stability_score=float(stability[row]),
+            point=(float(points[row][0]) + x0, float(points[row][1]) + y0),
+            crop_area=crop_area,
+        )
+        for rle, row, box in zip(rles, rows.tolist(), boxes, strict=True)
+    ]
 
 
-def _in_image(found: _Found, crop: Crop, width: int, height: int) -> list[Proposal]:
-    """Drop masks cut by an inner crop edge; place the rest in the full image as RLE."""
-    x0, y0, x1, y1 = crop.box
-    whole = crop.box == (0, 0, width, height)
-    cut = near_crop_edge(found.boxes, crop.box, width, height) if not whole else None
-    out = []
-    for k in range(len(found.areas)):
-        if cut is not None and cut[k]:
-            continue
-        mask = found.masks[k].numpy()
-        if not whole:
+def _rles(
+    masks: torch.Tensor, box: Box, width: int, height: int, memory_budget_bytes: int
+) -> list[CocoRle]:
+    """COCO RLE of ``[K, crop_h, crop_w]`` masks placed at ``box`` in the full image: on a
+    CPU by pycocotools (5 ms per 1080p mask, against 16 ms counting runs with torch), on a
+    GPU by counting runs there (only the counts leave it, not 2 MB per mask)."""
+    if masks.device.type == "cpu":
+        return rles_on_host(masks, box, width, height)
+    return rles_counted(masks, box, width, height, memory_budget_bytes)
+
+
+def rles_on_host(masks: torch.Tensor, box: Box, width: int, height: int) -> list[CocoRle]:
+    x0, y0, x1, y1 = box
+    rles = []
+    for mask in masks.cpu().numpy():
+        if box != (0, 0, width, height):
             full = np.zeros((height, width), dtype=bool)
             full[y0:y1, x0:x1] = mask
             mask = full
-        box = found.boxes[k]
-        out.append(
-            Proposal(
-                rle=encode_rle(mask),
-                area=found.areas[k],
-                box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
-                predicted_iou=found.iou[k],
-                stability_score=found.stability[k],
-                point=(float(found.points[k][0]), float(found.points[k][1])),
-                crop_area=(x1 - x0) * (y1 - y0),
-            )
+        rles.append(encode_rle(mask))
+    return rles
+
+
+def rles_counted(
+    masks: torch.Tensor, box: Box, width: int, height: int, memory_budget_bytes: int
+) -> list[CocoRle]:
+    """Run lengths counted on the masks' device, in full-image groups that fit the budget
+    (the placed mask, its padded copy and the run starts: 3 bytes per pixel)."""
+    x0, y0, x1, y1 = box
+    group = max(1, memory_budget_bytes // (3 * width * height))
+    rles: list[CocoRle] = []
+    for first in range(0, len(masks), group):
+        part = masks[first : first + group]
+        if box != (0, 0, width, height):
+            full = torch.zeros((len(part), height, width), dtype=torch.bool, device=part.device)
+            full[:, y0:y1, x0:x1] = part
+            part = full
+        lengths, counts = (t.cpu().numpy() for t in run_lengths(part))
+        ends = np.cumsum(lengths)
+        rles.extend(
+            compress_rle(counts[end - n : end], height, width)
+            for n, end in zip(lengths, ends, strict=True)
         )
-    return out
+    return rles
 
 
 def _boxes(proposals: Sequence[Proposal]) -> NDArray[np.int64]:

@@ -21,7 +21,6 @@ PREPROCESS_VERSION = 1
 class LoadedModel:
     model: EfficientSam
     model_id: str
-    random_weights: bool
 
 
 def load_serving_model(checkpoint: str, variant: Variant | None, device: str) -> LoadedModel:
@@ -35,12 +34,12 @@ def load_serving_model(checkpoint: str, variant: Variant | None, device: str) ->
         )
         model = random_model(chosen).to(device)
         model_id = f"{weights_id(chosen, checkpoint)}-p{PREPROCESS_VERSION}"
-        return LoadedModel(model, model_id, random_weights=True)
+        return LoadedModel(model, model_id)
     path = Path(checkpoint)
     model = load_model(path, variant, device)
     model_id = f"{weights_id(model.config.variant, checkpoint)}-p{PREPROCESS_VERSION}"
     log.info("loaded %s from %s", model_id, path)
-    return LoadedModel(model, model_id, random_weights=False)
+    return LoadedModel(model, model_id)
 
 
 def resolve_checkpoint(settings: Settings) -> str:

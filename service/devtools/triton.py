@@ -10,6 +10,7 @@ waits until the model is ready. Tests use :class:`LocalTriton` directly.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import signal
@@ -43,13 +44,14 @@ class TritonNotAvailableError(RuntimeError):
 
 
 def pytriton_root() -> Path:
-    try:
-        import pytriton
-    except ImportError as exc:
+    """The tritonserver that nvidia-pytriton bundles, found without importing pytriton
+    (whose own Python API and its dependencies are not needed here)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
         raise TritonNotAvailableError(
             "nvidia-pytriton is not installed: pip install -e '.[triton]'"
-        ) from exc
-    return Path(pytriton.__file__).parent / "tritonserver"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
 
 
 def prepare(
@@ -195,6 +197,7 @@ class LocalTriton:
     decoder_max_batch: int = 8
     stand_in_decoder: bool = False
     log_verbose: int = 0
+    extra_args: tuple[str, ...] = ()  # more tritonserver options, e.g. memory pools
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _prepared: tuple[Path, Path] | None = field(default=None, init=False)
     _log: BinaryIO | None = field(default=None, init=False)
@@ -250,6 +253,7 @@ class LocalTriton:
                 f"--log-verbose={self.log_verbose}",
                 "--exit-on-error=true",
                 "--strict-readiness=true",
+                *self.extra_args,
             ],
             env=env,
             stdout=self._log if self._log is not None else subprocess.DEVNULL,

@@ -142,9 +142,13 @@ def gpu_configs(
     configs[MODEL].parameters["checkpoint"].string_value = checkpoint
     for config in configs.values():
         config.max_batch_size = max_batch
-        preferred = [b for b in config.dynamic_batching.preferred_batch_size if b <= max_batch]
-        del config.dynamic_batching.preferred_batch_size[:]
-        config.dynamic_batching.preferred_batch_size.extend(preferred)
+        # the ensemble has no dynamic batching: touching the field would set it, and it
+        # shares a oneof with ensemble_scheduling, which would be cleared
+        if config.HasField("dynamic_batching"):
+            batching = config.dynamic_batching
+            preferred = [b for b in batching.preferred_batch_size if b <= max_batch]
+            del batching.preferred_batch_size[:]
+            batching.preferred_batch_size.extend(preferred)
     return {name: _text(config) for name, config in configs.items()}
 
 

@@ -23,6 +23,8 @@ from service.core.everything import (
     near_crop_edge,
     point_grid,
     remove_small_regions,
+    rles_counted,
+    rles_on_host,
     segment_everything,
     select,
     stability_scores,
@@ -310,3 +312,30 @@ def test_full_size_logits_are_made_in_chunks_under_the_budget(
     whole = segment_everything(model, crop, width, height, params, memory_budget_bytes=1 << 40)
     assert sizes == [48]
     assert [(p.rle, p.box, p.point) for p in chunked] == [(p.rle, p.box, p.point) for p in whole]
+
+
+@pytest.mark.parametrize(
+    ("box", "budget"),
+    [((0, 0, 90, 60), 1 << 30), ((30, 20, 75, 51), 1 << 30), ((30, 20, 75, 51), 1)],
+    ids=["whole image", "a crop", "a crop, one mask per group"],
+)
+def test_run_lengths_counted_on_the_device_are_pycocotools_rles(
+    box: tuple[int, int, int, int], budget: int
+) -> None:
+    """The GPU's way (run lengths counted by torch, compressed here) against pycocotools,
+    the oracle, for masks of the whole image and of a crop placed in it."""
+    x0, y0, x1, y1 = box
+    rng = np.random.default_rng(7)
+    masks = rng.random((5, y1 - y0, x1 - x0)) > 0.6
+    masks[1] = True  # one run of 1s
+    masks[2, :, :3] = False  # starts with 0s
+    masks[3] = False
+    masks[3, -1, -1] = True  # a single pixel at the end
+    expected = []
+    for mask in masks:
+        full = np.zeros((60, 90), dtype=bool)
+        full[y0:y1, x0:x1] = mask
+        expected.append(encode_rle(full))
+    tensor = torch.from_numpy(masks)
+    assert rles_counted(tensor, box, 90, 60, budget) == expected
+    assert rles_on_host(tensor, box, 90, 60) == expected

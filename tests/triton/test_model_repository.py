@@ -22,6 +22,7 @@ from service.devtools.triton_config import (
     SOURCE_REPOSITORY,
     cpu_config,
     cpu_configs,
+    gpu_configs,
 )
 from service.model import EfficientSam
 from service.model.onnx_export import export_encoder
@@ -71,6 +72,25 @@ def test_the_ensemble_takes_bytes_and_its_steps_fit_together() -> None:
     # on a GPU the preprocessed tensor stays on the device into the encoder
     assert encoder.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
     assert [g.kind for g in preprocess.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+
+
+def test_gpu_configs_keep_the_ensemble_and_clip_only_batching() -> None:
+    """What ``bench/gpu.sh`` serves: the production configs, for a checkpoint and a batch
+    size. (The ensemble once lost its steps here: Triton refused to start on the H200.)"""
+    configs = {
+        name: load_config(text)
+        for name, text in gpu_configs(checkpoint="/w.pt", max_batch=4).items()
+    }
+    ensemble = configs[ENSEMBLE]
+    assert ensemble.WhichOneof("scheduling_choice") == "ensemble_scheduling"
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [PREPROCESS, MODEL]
+    for name in (PREPROCESS, MODEL):
+        config = configs[name]
+        assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
+        assert max(config.dynamic_batching.preferred_batch_size, default=0) <= 4
+        assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert configs[MODEL].parameters["checkpoint"].string_value == "/w.pt"
+    assert {c.max_batch_size for c in configs.values()} == {4}
 
 
 @pytest.mark.parametrize("wire", ["fp32", "fp16"])
