@@ -19,7 +19,7 @@ from tests.triton.fixtures import start_triton
 
 pytestmark = pytest.mark.slow  # a real tritonserver: not in `make test-fast`
 
-DEADLINE_S = 4.0  # above one CPU encode of a small image on an idle machine
+DEADLINE_S = 20.0  # above one CPU encode of a small image, even on a busy machine (4 s was not)
 RECOVERY_S = 120.0  # the same gateway serves again once Triton resumes, without a restart
 
 
