@@ -72,6 +72,12 @@ class OverloadedError(EsamError):
         self.retry_after_s = retry_after_s
 
 
+class TenantLimitError(OverloadedError):
+    """A tenant's own limit (requests per second, pending encodes) is reached."""
+
+    code = "tenant_limit"
+
+
 class EncoderUnavailableError(EsamError):
     code = "encoder_unavailable"
 

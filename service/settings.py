@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.core.embedding import EmbeddingDtype
+from service.core.tenancy import TENANT_PATTERN, parse_keys, split_entries
 from service.model import Precision, Variant
 
 #: Pillow refuses images above 2 × 89.5 MP outright; stay below that.
@@ -29,6 +30,16 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+class TenantLimits(BaseModel):
+    """One tenant's limits in ``ESAM_TENANT_LIMITS`` (a field left out: the default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rps: float | None = Field(default=None, ge=0, le=1_000_000)
+    burst: int | None = Field(default=None, ge=0, le=1_000_000)
+    pending_encodes: int | None = Field(default=None, ge=0, le=100_000)
 
 
 class Settings(BaseSettings):
@@ -180,7 +191,53 @@ class Settings(BaseSettings):
     max_prompts: int = Field(default=64, ge=1, le=4096)
 
     # --- HTTP ------------------------------------------------------------------
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,
+        description="Comma-separated API keys, each `tenant:key` (a bare key belongs to the "
+        "tenant `default`); empty: no key needed.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="A file of more `tenant:key` entries (one per line or comma-separated, "
+        "`#` comments): a mounted Kubernetes Secret. Re-read when it changes, so keys rotate "
+        "without a restart; while a new version is unreadable or invalid the last good one "
+        "stays in force.",
+    )
+    tenant_rps: float = Field(
+        default=0.0,
+        ge=0,
+        le=1_000_000,
+        description="Requests per second each tenant may send to this replica (a token "
+        "bucket); 0: no limit. Beyond it 429 `tenant_limit`.",
+    )
+    tenant_burst: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="How many requests a tenant may send at once above ESAM_TENANT_RPS; "
+        "0: twice the rate (at least 1).",
+    )
+    tenant_pending_encodes: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="New images each tenant may have being encoded in this replica; 0: only "
+        "ESAM_MAX_PENDING_ENCODES. Beyond it 429 `tenant_limit`.",
+    )
+    tenant_limits: dict[str, TenantLimits] = Field(
+        default_factory=dict,
+        description='Per-tenant overrides as JSON, e.g. `{"acme": {"rps": 50, '
+        '"pending_encodes": 8}}` (keys: rps, burst, pending_encodes).',
+    )
+    interactive_share: float = Field(
+        default=0.25,
+        ge=0,
+        le=0.9,
+        description="The share of the encode budget (ESAM_MAX_PENDING_ENCODES) and of the "
+        "decoder's slots kept for interactive requests: bulk ones (`X-Priority: bulk`) may "
+        "hold the rest only (at least one).",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     ui: bool | None = Field(
         default=None,
@@ -272,9 +329,31 @@ class Settings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _strong_keys(cls, keys: list[str]) -> list[str]:
-        if any(len(key) < 16 for key in keys):
-            raise ValueError("every API key must be at least 16 characters long")
+        parse_keys(keys)  # the parser the gateway uses
         return keys
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+        try:
+            parse_keys(split_entries(text))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        return path
+
+    @field_validator("tenant_limits")
+    @classmethod
+    def _tenant_names(cls, limits: dict[str, TenantLimits]) -> dict[str, TenantLimits]:
+        bad = [name for name in limits if not TENANT_PATTERN.match(name)]
+        if bad:
+            raise ValueError(f"not tenant names (lowercase letters, digits, '-'): {bad}")
+        return limits
 
     @field_validator("triton_url")
     @classmethod
@@ -312,7 +391,7 @@ class Settings(BaseSettings):
             )
         if self.redis_mode == "standalone" and "," in self.redis_url:
             raise ValueError("redis_url: several URLs need ESAM_REDIS_MODE=cluster or sentinel")
-        if "*" in self.cors_origins and self.api_keys:
+        if "*" in self.cors_origins and self.auth_enabled:
             raise ValueError("cors_origins: '*' together with api_keys would expose keyed routes")
         return self
 
@@ -322,6 +401,24 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError("; ".join(unknown))
         return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests need an API key (keys listed, or a keys file named)."""
+        return bool(self.api_keys) or self.api_keys_file is not None
+
+    def limits_for(self, tenant: str) -> TenantLimits:
+        """``tenant``'s limits: its ESAM_TENANT_LIMITS entry over the defaults (0: none)."""
+        own = self.tenant_limits.get(tenant, TenantLimits())
+        rps = self.tenant_rps if own.rps is None else own.rps
+        burst = self.tenant_burst if own.burst is None else own.burst
+        return TenantLimits(
+            rps=rps,
+            burst=burst or max(1, int(2 * rps)),
+            pending_encodes=(
+                self.tenant_pending_encodes if own.pending_encodes is None else own.pending_encodes
+            ),
+        )
 
     @property
     def ui_enabled(self) -> bool:

@@ -125,7 +125,8 @@ async def embed_all(
         encoded += result.uploaded and not result.cached
         progress.update(hit=not result.uploaded)
 
-    async with AsyncEsamClient(url, api_key=api_key) as client:
+    # a precompute: bulk work, which never takes the share kept for annotators
+    async with AsyncEsamClient(url, api_key=api_key, priority="bulk") as client:
         await asyncio.gather(*(one(client, path) for path in paths))
     progress.finish()
     seconds = time.monotonic() - progress.started

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from esam_client import protocol
 from esam_client.models import Embedded, Everything, Prompt, Segmentation
-from esam_client.protocol import Endpoint, Flow, T
+from esam_client.protocol import Endpoint, Flow, Priority, T
 
 Image = str | Path | bytes
 
@@ -33,19 +33,21 @@ def _load_npy(data: bytes) -> NDArray[Any]:
 
 class EsamClient:
     """Blocking client. ``retries``: how often a 429/503 or a lost connection is retried
-    (after ``Retry-After``, else an exponential backoff from ``backoff_s``)."""
+    (after ``Retry-After``, else an exponential backoff from ``backoff_s``); ``priority``
+    ``bulk`` marks every request as work nobody waits on (``X-Priority``)."""
 
     def __init__(
         self,
         url: str,
         *,
         api_key: str | None = None,
+        priority: Priority | None = None,
         timeout_s: float = 300.0,
         retries: int = 5,
         backoff_s: float = 0.5,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.endpoint = Endpoint(url, api_key)
+        self.endpoint = Endpoint(url, api_key, priority)
         self.retries, self.backoff_s = retries, backoff_s
         self._http = httpx.Client(timeout=timeout_s, transport=transport)
 
@@ -123,12 +125,13 @@ class AsyncEsamClient:
         url: str,
         *,
         api_key: str | None = None,
+        priority: Priority | None = None,
         timeout_s: float = 300.0,
         retries: int = 5,
         backoff_s: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.endpoint = Endpoint(url, api_key)
+        self.endpoint = Endpoint(url, api_key, priority)
         self.retries, self.backoff_s = retries, backoff_s
         self._http = httpx.AsyncClient(timeout=timeout_s, transport=transport)
 

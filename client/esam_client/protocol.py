@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Generator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -65,12 +65,22 @@ def raise_for(response: httpx.Response) -> None:
     raise kind(response.status_code, code, message)
 
 
+#: the ``X-Priority`` header's values
+Priority = Literal["interactive", "bulk"]
+
+
 class Endpoint:
     """Where the gateway is and how to authenticate: builds every request."""
 
-    def __init__(self, url: str, api_key: str | None = None) -> None:
+    def __init__(
+        self, url: str, api_key: str | None = None, priority: Priority | None = None
+    ) -> None:
+        """``priority``: ``bulk`` for work nobody waits on (the gateway keeps a share of
+        its encoder and decoder for ``interactive`` requests, the default)."""
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        if priority is not None:
+            self.headers["X-Priority"] = priority
 
     def request(
         self,

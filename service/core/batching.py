@@ -1,7 +1,9 @@
 """Micro-batching queue: concurrent requests share one model call.
 
 The worker takes the first queued item, adds whatever else is already waiting
-(up to ``max_batch``) and runs the batch. The queue has no bound of its own:
+(up to ``max_batch``) and runs the batch. Items carry a rank (lower first: an
+interactive request's encode before queued bulk ones), first come first served
+within a rank. The queue has no bound of its own:
 ``core.admission`` bounds the encodes pending in the process before an image is
 even decoded, whatever the encoder.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -26,7 +29,10 @@ class Batcher(Generic[In, Out]):
     ) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] = asyncio.Queue()
+        self._queue: asyncio.PriorityQueue[tuple[int, int, In, asyncio.Future[Out]]] = (
+            asyncio.PriorityQueue()
+        )
+        self._order = itertools.count()
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -44,10 +50,10 @@ class Batcher(Generic[In, Out]):
                 await self._worker
             self._worker = None
 
-    async def submit(self, item: In) -> Out:
+    async def submit(self, item: In, rank: int = 0) -> Out:
         self.start()
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((item, future))
+        self._queue.put_nowait((rank, next(self._order), item, future))
         return await future
 
     async def _work(self) -> None:
@@ -55,7 +61,7 @@ class Batcher(Generic[In, Out]):
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            live = [(item, fut) for item, fut in batch if not fut.done()]
+            live = [(item, fut) for _, _, item, fut in batch if not fut.done()]
             if not live:
                 continue
             try:

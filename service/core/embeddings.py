@@ -6,6 +6,10 @@ pixel limit, the caller's prompt checks), take a pending-encode slot (429 when
 none is left), and only then hand the bytes to the encoder, which decodes them
 where it runs (in this process, or beside the model in Triton).
 Nothing is cached unless the whole encode succeeded.
+
+Embeddings are stored once per content; the tenant of every request that sent the
+image is recorded beside it, and the by-id operations (``lookup``, ``contains``,
+``delete``) see only the caller's tenant's (another tenant's image is an unknown one).
 """
 
 from __future__ import annotations
@@ -69,19 +73,28 @@ class EmbeddingService:
         """Cache key: a new checkpoint or preprocessing never serves old embeddings."""
         return f"{self.model_id}:{image_id}"
 
-    # --- cache-only operations ----------------------------------------------------------
-    async def lookup(self, image_id: str) -> Embedding | None:
-        return await self.cache.get(self.key(image_id))
+    # --- cache-only operations, by id: the tenant's own images only ---------------------
+    async def lookup(self, image_id: str, *, tenant: str) -> Embedding | None:
+        return await self.cache.get_for(self.key(image_id), tenant)
 
-    async def contains(self, image_id: str) -> bool:
-        return await self.cache.contains(self.key(image_id))
+    async def contains(self, image_id: str, *, tenant: str) -> bool:
+        return await self.cache.holds(self.key(image_id), tenant)
 
-    async def delete(self, image_id: str) -> None:
-        await self.cache.delete(self.key(image_id))
+    async def delete(self, image_id: str, *, tenant: str) -> None:
+        """The tenant's access goes; the embedding with the last tenant's."""
+        await self.cache.release(self.key(image_id), tenant)
 
     # --- image → embedding ----------------------------------------------------------------
-    async def embed(self, data: bytes, check: SizeCheck | None = None) -> EmbedResult:
-        """Return the embedding of the image ``data``, encoding it only if no one has."""
+    async def embed(
+        self, data: bytes, *, tenant: str, check: SizeCheck | None = None
+    ) -> EmbedResult:
+        """Return the embedding of the image ``data``, encoding it only if no one has
+        (whichever tenant), and record that ``tenant`` holds it."""
+        result = await self._embed(data, tenant, check)
+        await self.cache.grant(self.key(result.image_id), tenant)
+        return result
+
+    async def _embed(self, data: bytes, tenant: str, check: SizeCheck | None) -> EmbedResult:
         if len(data) > self._max_image_bytes:
             raise ImageTooLargeError(
                 f"the image is {len(data)} bytes; the limit is {self._max_image_bytes}"
@@ -100,7 +113,7 @@ class EmbeddingService:
             header = read_header(data, self._max_image_pixels)  # no pixel decoded
             if check:
                 check(header.width, header.height)
-            slot = self.admission.enter()  # 429 here, before any decoding
+            slot = self.admission.enter(tenant)  # 429 here, before any decoding
             task = asyncio.create_task(
                 self._encode(key, data, header, slot), name=f"encode {image_id}"
             )

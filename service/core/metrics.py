@@ -131,6 +131,25 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.tenant_requests = Counter(
+            "esam_tenant_requests_total",
+            "Requests by tenant (configured tenants only) and priority (interactive, bulk).",
+            ["tenant", "priority"],
+            registry=r,
+        )
+        self.tenant_refused = Counter(
+            "esam_tenant_refused_total",
+            "Requests refused with 429 by tenant and limit (rate: ESAM_TENANT_RPS; "
+            "pending_encodes: ESAM_TENANT_PENDING_ENCODES; bulk_share: ESAM_INTERACTIVE_SHARE).",
+            ["tenant", "limit"],
+            registry=r,
+        )
+        self.tenant_pending_encodes = Gauge(
+            "esam_tenant_pending_encodes",
+            "Encodes pending in this process by tenant.",
+            ["tenant"],
+            registry=r,
+        )
         self.redis_up = Gauge(
             "esam_redis_up", "1 while the Redis tier answers, 0 while it is bypassed.", registry=r
         )

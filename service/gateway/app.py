@@ -14,7 +14,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from service import __version__
 from service.core.loading import LoadedModel, load_serving_model, resolve_checkpoint
 from service.core.metrics import Metrics
-from service.gateway.auth import ApiKeyMiddleware
+from service.gateway.auth import ApiKeyMiddleware, KeyTable
 from service.gateway.docs.api_router import router as docs_router
 from service.gateway.docs.openapi import deployment_openapi
 from service.gateway.edges.api_router import router as edges_router
@@ -28,6 +28,7 @@ from service.gateway.labelstudio.serving import LabelStudioBackend
 from service.gateway.middleware import RequestContextMiddleware, UnhandledErrorMiddleware
 from service.gateway.segment.api_router import router as segment_router
 from service.gateway.state import EncoderBuilder, build_encoder, init_state
+from service.gateway.tenancy import TenancyMiddleware
 from service.gateway.ui.api_router import router as ui_router
 from service.settings import Settings
 
@@ -107,17 +108,21 @@ def build_app(
 
     # Added innermost first. From the outside in: request id + metrics + body limit;
     # CORS (its headers reach every answer, 401 and 500 included); the API key, checked
-    # from the headers before any body is read; gzip; unexpected errors → 500.
+    # from the headers before any body is read; the tenant's priority and rate limit;
+    # gzip; unexpected errors → 500.
     app.add_middleware(UnhandledErrorMiddleware)
     # level 1: a 400 KB mask response compresses 3x in 4 ms; level 9 (the default) takes 200 ms
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=1)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    keys = KeyTable(settings.api_keys, settings.api_keys_file)
+    # the key's tenant: its priority header and rate limit, inside the key check
+    app.add_middleware(TenancyMiddleware, settings=settings, metrics=metrics)
+    app.add_middleware(ApiKeyMiddleware, keys=keys)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "HEAD", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id", "X-Priority"],
             expose_headers=[
                 "X-Request-Id",
                 "X-Image-Id",

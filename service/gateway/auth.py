@@ -1,4 +1,5 @@
-"""Bearer API keys (``ESAM_API_KEYS``), checked in pure ASGI before the body is read.
+"""Bearer API keys (``ESAM_API_KEYS``, ``ESAM_API_KEYS_FILE``), checked in pure ASGI
+before the body is read; the key names the request's tenant.
 
 A request without a valid key gets its 401 as soon as its headers have arrived:
 no byte of its body is received or parsed. ``/healthz``, ``/readyz`` and
@@ -8,6 +9,12 @@ every other path, ``/docs`` and ``/openapi.json`` included, needs the key. Label
 can only send HTTP Basic: under ``/labelstudio/`` a key is also accepted as the Basic
 password (any user name), and a 401 there asks for Basic (``WWW-Authenticate``). Keys are
 compared in constant time.
+
+The tenant of the key (``tenant:key`` entries; a bare key's is ``default``, as is every
+request when no key is configured) is put in the request's scope (:func:`tenant_of`).
+A keys file is looked at again at most once a second and re-read when it changed (a
+Kubernetes Secret's update swaps the file): keys rotate without a restart. A version
+that cannot be read or parsed is logged and ignored; the last good keys stay in force.
 """
 
 from __future__ import annotations
@@ -15,12 +22,22 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
+import os
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.core.tenancy import DEFAULT_TENANT, ApiKey, parse_keys, split_entries
 from service.errors import UnauthorizedError
 from service.gateway.errors import render
+
+log = logging.getLogger(__name__)
+
+#: where the middleware leaves the request's tenant in its ASGI scope
+TENANT_SCOPE_KEY = "esam.tenant"
 
 #: Paths served without a key: liveness, readiness and metrics.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -55,30 +72,89 @@ def _basic_password(token: str) -> str:
     return password
 
 
-def check_bearer(authorization: str, keys: Sequence[str], *, basic: bool = False) -> None:
-    """Raise :class:`UnauthorizedError` unless ``authorization`` is ``Bearer <a key>``
-    (or, with ``basic``, ``Basic`` with a key as the password)."""
+def _supplied_key(authorization: str, basic: bool) -> str:
     scheme, _, token = authorization.partition(" ")
     if basic and scheme.lower() == "basic":
         token = _basic_password(token)
     elif scheme.lower() != "bearer" or not token.strip():
         how = "Basic with the key as password" if basic else "'Authorization: Bearer <key>'"
         raise UnauthorizedError(f"missing API key: send {how}")
-    supplied = token.strip().encode()
-    matched = False
-    for key in keys:  # no early exit: the time taken does not depend on which key matched
-        matched |= hmac.compare_digest(supplied, key.encode())
-    if not matched:
+    return token.strip()
+
+
+def check_bearer(authorization: str, keys: Sequence[ApiKey], *, basic: bool = False) -> str:
+    """The tenant of the key in ``authorization`` (``Bearer <key>``, or with ``basic``
+    ``Basic`` with a key as the password), or :class:`UnauthorizedError`."""
+    supplied = _supplied_key(authorization, basic).encode()
+    tenant = None
+    for entry in keys:  # no early exit: the time taken does not depend on which key matched
+        if hmac.compare_digest(supplied, entry.key.encode()):
+            tenant = entry.tenant
+    if tenant is None:
         raise UnauthorizedError("invalid API key")
+    return tenant
+
+
+class KeyTable:
+    """The keys in force: ``ESAM_API_KEYS`` and, re-read when it changes, the keys file."""
+
+    def __init__(
+        self, entries: Sequence[str], file: Path | None = None, *, recheck_s: float = 1.0
+    ) -> None:
+        self._static = parse_keys(entries)
+        self._file = file
+        self._recheck_s = recheck_s
+        self._checked_at = 0.0
+        self._version: tuple[int, int, int] | None = None
+        self._from_file: list[ApiKey] = []
+        if file is not None:
+            self._reload()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._static) or self._file is not None
+
+    def keys(self) -> list[ApiKey]:
+        if self._file is not None and time.monotonic() - self._checked_at >= self._recheck_s:
+            self._reload()
+        return self._static + self._from_file
+
+    def tenants(self) -> set[str]:
+        return {k.tenant for k in self.keys()} or {DEFAULT_TENANT}
+
+    def _reload(self) -> None:
+        assert self._file is not None
+        self._checked_at = time.monotonic()
+        try:
+            info = os.stat(self._file)
+            version = (info.st_ino, info.st_mtime_ns, info.st_size)
+            if version == self._version:
+                return
+            keys = parse_keys(split_entries(self._file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            log.error(
+                "API keys file %s not (re)loaded, the last good keys stay: %s", self._file, exc
+            )
+            return
+        self._version = version
+        if keys != self._from_file:
+            log.info("API keys file %s loaded: %d key(s)", self._file, len(keys))
+        self._from_file = keys
+
+
+def tenant_of(scope: Scope) -> str:
+    """The tenant the middleware found for this request (``default`` without keys)."""
+    tenant = scope.get(TENANT_SCOPE_KEY, DEFAULT_TENANT)
+    return str(tenant)
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, *, keys: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, *, keys: KeyTable) -> None:
         self.app = app
-        self.keys = list(keys)
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or is_open(scope["path"]):
+        if scope["type"] != "http" or not self.keys.enabled or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         authorization = ""
@@ -88,7 +164,7 @@ class ApiKeyMiddleware:
                 break
         basic = accepts_basic(scope["path"])
         try:
-            check_bearer(authorization, self.keys, basic=basic)
+            scope[TENANT_SCOPE_KEY] = check_bearer(authorization, self.keys.keys(), basic=basic)
         except UnauthorizedError as exc:
             response = render(exc)
             response.headers["Connection"] = "close"  # the unread body is not waited for

@@ -26,12 +26,17 @@ def image_source(request: ById | WithImage) -> tuple[str | None, bytes | None]:
 
 
 async def image_embedding(
-    state: ServingState, image_id: str | None, data: bytes | None, check: SizeCheck | None = None
+    state: ServingState,
+    tenant: str,
+    image_id: str | None,
+    data: bytes | None,
+    check: SizeCheck | None = None,
 ) -> tuple[str, Embedding, bool]:
-    """``(image_id, embedding, cached)``: from the cache by ``image_id`` (404 when absent),
-    or through an encode of the image file ``data`` (exactly one of the two is given)."""
+    """``(image_id, embedding, cached)``: from the cache by ``image_id`` (404 when absent
+    or not the tenant's), or through an encode of the image file ``data`` (exactly one of
+    the two is given)."""
     if image_id is not None:
-        embedding = await state.embeddings.lookup(image_id)
+        embedding = await state.embeddings.lookup(image_id, tenant=tenant)
         if embedding is None:
             raise EmbeddingNotFoundError(
                 f"no cached embedding for image_id {image_id}: send the image again "
@@ -41,7 +46,7 @@ async def image_embedding(
             check(embedding.width, embedding.height)
         return image_id, embedding, True
     assert data is not None
-    result = await state.embeddings.embed(data, check=check)
+    result = await state.embeddings.embed(data, tenant=tenant, check=check)
     return result.image_id, result.embedding, result.cached
 
 
@@ -61,13 +66,13 @@ def image_headers(
 
 
 async def crop_embeddings(
-    state: ServingState, data: bytes, boxes: list[Box]
+    state: ServingState, tenant: str, data: bytes, boxes: list[Box]
 ) -> list[tuple[Box, Embedding]]:
     """Each crop through the same encoder and cache as any image (as a lossless PNG)."""
     pngs = await asyncio.to_thread(crop_pngs, data, boxes, state.settings.max_image_pixels)
     crops = []
     for box, png in zip(boxes, pngs, strict=True):
-        crops.append((box, (await state.embeddings.embed(png)).embedding))
+        crops.append((box, (await state.embeddings.embed(png, tenant=tenant)).embedding))
     return crops
 
 
@@ -85,6 +90,7 @@ class GridJob:
 
 async def grid_job(
     state: ServingState,
+    tenant: str,
     request: ById | WithImage,
     points_per_side: int | None,
     n_layers: int,
@@ -103,10 +109,10 @@ async def grid_job(
             "(ESAM_MAX_EVERYTHING_PROMPTS)"
         )
     source_id, data = image_source(request)
-    image_id, embedding, cached = await image_embedding(state, source_id, data)
+    image_id, embedding, cached = await image_embedding(state, tenant, source_id, data)
     width, height = embedding.width, embedding.height
     crops: list[tuple[Box, Embedding]] = [((0, 0, width, height), embedding)]
     if n_layers:
         assert data is not None  # crops come only with the image itself
-        crops += await crop_embeddings(state, data, crop_boxes(width, height, n_layers)[1:])
+        crops += await crop_embeddings(state, tenant, data, crop_boxes(width, height, n_layers)[1:])
     return GridJob(image_id, embedding, cached, side, crops)

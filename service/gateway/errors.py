@@ -25,6 +25,7 @@ from service.errors import (
     InvalidPromptError,
     InvalidRequestError,
     OverloadedError,
+    TenantLimitError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
@@ -43,6 +44,7 @@ STATUS: dict[str, int] = {
     ImageUrlNotAllowedError.code: 422,
     ImageFetchError.code: 502,
     OverloadedError.code: 429,
+    TenantLimitError.code: 429,
     EncoderUnavailableError.code: 503,
     DecoderUnavailableError.code: 503,
     CacheUnavailableError.code: 503,
@@ -71,15 +73,19 @@ class ErrorResponse(BaseModel):
 
 _DESCRIPTIONS: dict[int | str, str] = {
     401: "missing or invalid API key (`unauthorized`)",
-    404: "no cached embedding for this image (`embedding_not_found`): send the image again",
+    404: "no cached embedding for this image that the caller's tenant uploaded "
+    "(`embedding_not_found`; another tenant's image is answered as an unknown one): send "
+    "the image again",
     413: "body or image too large (`image_too_large`)",
     415: "unsupported Content-Type or image format (`unsupported_media_type`)",
     422: "invalid image, prompt or request (`invalid_image`, `invalid_prompt`, `invalid_request`)",
     "422-fetch": "invalid image, prompt or request (`invalid_image`, `invalid_prompt`, "
     "`invalid_request`), or an image reference the service may not fetch "
     "(`image_url_not_allowed`)",
-    429: "the encoder queue is full, or (segment everything) as many jobs as allowed are "
-    "running (`overloaded`); retry after `Retry-After` seconds",
+    429: "the encoder queue is full, bulk work holds its share of it, or (segment "
+    "everything) as many jobs as allowed are running (`overloaded`); or the tenant's own "
+    "limit is reached (`tenant_limit`: requests per second, pending encodes); retry after "
+    "`Retry-After` seconds",
     502: "the image could not be fetched from where the task says (`image_fetch_failed`)",
     503: "the encoder is unavailable (`encoder_unavailable`); retry after `Retry-After` seconds",
     "503-decode": "the encoder or the mask decoder is unavailable (`encoder_unavailable`, "

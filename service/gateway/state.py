@@ -88,6 +88,7 @@ def build_decoder(
         metrics=metrics,
         max_everything_jobs=settings.max_everything_jobs,
         everything_memory_bytes=settings.everything_memory_mb << 20,
+        interactive_share=settings.interactive_share,
     )
     if settings.decoder == "local":
         return local
@@ -150,7 +151,12 @@ async def init_state(
         metrics=metrics,
         model_id=loaded.model_id,
         dtype=settings.embedding_dtype,
-        admission=Admission(settings.max_pending_encodes, metrics),
+        admission=Admission(
+            settings.max_pending_encodes,
+            metrics,
+            interactive_share=settings.interactive_share,
+            tenant_limit=lambda tenant: settings.limits_for(tenant).pending_encodes or 0,
+        ),
         max_image_bytes=settings.max_image_bytes,
         max_image_pixels=settings.max_image_pixels,
         lock_wait_s=settings.lock_wait,

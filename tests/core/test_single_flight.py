@@ -87,7 +87,7 @@ async def test_concurrent_requests_share_one_encode_in_a_process() -> None:
     encoder, metrics = GatedEncoder(), Metrics()
     embeddings = service(encoder, metrics)
     image = png(1)
-    requests = [asyncio.create_task(embeddings.embed(image)) for _ in range(5)]
+    requests = [asyncio.create_task(embeddings.embed(image, tenant="default")) for _ in range(5)]
     await asyncio.sleep(0.05)  # every request is waiting on the one encode
     assert encoder.calls == 1
     encoder.gate.set()
@@ -97,7 +97,7 @@ async def test_concurrent_requests_share_one_encode_in_a_process() -> None:
     assert sum(not r.cached for r in results) == 1  # the one that started it
     assert waits(metrics, "process") == 4
     assert embeddings.admission.pending == 0
-    assert (await embeddings.embed(image)).cached  # a hit now, no encode
+    assert (await embeddings.embed(image, tenant="default")).cached  # a hit now, no encode
     assert encoder.calls == 1
 
 
@@ -106,16 +106,16 @@ async def test_a_failed_encode_fails_its_waiters_caches_nothing_and_is_tried_aga
     embeddings = service(encoder, metrics)
     image = png(2)
     encoder.failing = True
-    requests = [asyncio.create_task(embeddings.embed(image)) for _ in range(3)]
+    requests = [asyncio.create_task(embeddings.embed(image, tenant="default")) for _ in range(3)]
     await asyncio.sleep(0.05)
     encoder.gate.set()
     outcomes = await asyncio.gather(*requests, return_exceptions=True)
     assert all(isinstance(o, EncoderUnavailableError) for o in outcomes), outcomes
     assert encoder.calls == 1
-    assert await embeddings.lookup(image_id_of(image)) is None
+    assert await embeddings.lookup(image_id_of(image), tenant="default") is None
     assert embeddings.admission.pending == 0  # the slot came back
     encoder.failing = False
-    result = await embeddings.embed(image)
+    result = await embeddings.embed(image, tenant="default")
     assert not result.cached
     assert encoder.calls == 2
 
@@ -146,9 +146,9 @@ async def test_two_replicas_on_one_redis_share_one_encode(redis_server: RedisSer
     second = service(second_encoder, second_metrics, tier())
     image = png(3)
     try:
-        started = asyncio.create_task(first.embed(image))
+        started = asyncio.create_task(first.embed(image, tenant="default"))
         await asyncio.sleep(0.2)  # the first replica holds the lock and encodes
-        joined = asyncio.create_task(second.embed(image))
+        joined = asyncio.create_task(second.embed(image, tenant="default"))
         await asyncio.sleep(1.5)  # longer than the lock's TTL: it is renewed meanwhile
         first_encoder.gate.set()
         second_encoder.gate.set()

@@ -69,7 +69,7 @@ async def test_int8_embeddings_find_the_same_masks(
     params, expected = everything
     async with gateway_factory(embedding_dtype="int8") as gw:
         image_id = await embed(gw, image_bytes)
-        held = await gw.state.embeddings.lookup(image_id)
+        held = await gw.state.embeddings.lookup(image_id, tenant="default")
         assert held is not None
         assert held.dtype == "int8"
         response = await gw.client.post(

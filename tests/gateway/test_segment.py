@@ -172,7 +172,7 @@ async def test_float16_and_int8_embeddings_barely_move_the_masks(
             },
         )
         assert response.status_code == 200
-        held = await gw.state.embeddings.lookup(response.json()["image_id"])
+        held = await gw.state.embeddings.lookup(response.json()["image_id"], tenant="default")
     assert held is not None
     assert held.dtype == dtype
     ious = fixture_ious(response.json(), expected)

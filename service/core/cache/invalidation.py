@@ -1,9 +1,10 @@
 """Cross-replica DELETE: Redis pub/sub drops an entry from every replica's in-process tier.
 
-A DELETE removes the Redis key, increments ``<prefix>:deletes`` and publishes the
-cache key on ``<prefix>:invalidate`` in one transaction
-(``RedisTier.delete_everywhere``); every gateway listens on that channel and drops
-the key from its in-process tier at once.
+A DELETE removes the tenant from the entry's holders (the entry itself when none is
+left), increments ``<prefix>:deletes`` and publishes the cache key on
+``<prefix>:invalidate`` (``RedisTier.release``); every gateway listens on that channel
+and drops the key (its embedding and the tenants noted for it) from its in-process
+tier at once: its next lookup asks Redis.
 
 Pub/sub does not queue messages for a listener that is disconnected. So when the
 subscription is re-established, the listener compares the delete counter with what

@@ -1,5 +1,8 @@
 """In-process LRU of embeddings, bounded in bytes, with a per-entry TTL.
 
+Each entry also notes the tenants known here to hold it (``grant``/``holds``): with
+Redis, a note of what Redis confirmed (dropped with the entry); without, the truth.
+
 Deletes are remembered (by a generation number) for a while, so that an entry
 fetched from Redis *before* another replica deleted it is not put back here
 *after* the deletion arrived (see ``set(..., fetched_at=...)``).
@@ -23,6 +26,7 @@ class MemoryCache:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._entries: OrderedDict[str, tuple[Embedding, float]] = OrderedDict()
+        self._tenants: dict[str, set[str]] = {}
         self._bytes = 0
         self._generation = 0  # bumped by every delete and clear
         self._deleted_at: OrderedDict[str, int] = OrderedDict()
@@ -51,19 +55,47 @@ class MemoryCache:
         self._entries.move_to_end(key)
         return embedding
 
-    def set(self, key: str, embedding: Embedding, *, fetched_at: int | None = None) -> None:
-        """Store; with ``fetched_at``, only if ``key`` was not deleted since that generation."""
+    def set(
+        self,
+        key: str,
+        embedding: Embedding,
+        *,
+        fetched_at: int | None = None,
+        tenants: frozenset[str] = frozenset(),
+    ) -> None:
+        """Store (keeping the tenants noted for ``key``, adding ``tenants``); with
+        ``fetched_at``, only if ``key`` was not deleted since that generation."""
         if fetched_at is not None and self._deleted_since(key, fetched_at):
             return
         size = embedding.nbytes
+        held = self._tenants.get(key, set()) | tenants if key in self._entries else set(tenants)
         self._drop(key)
         if size > self.max_bytes:
             return  # larger than the whole cache (or the cache is disabled)
         while self._bytes + size > self.max_bytes:
-            _, (evicted, _) = self._entries.popitem(last=False)
+            evicted_key, (evicted, _) = self._entries.popitem(last=False)
+            self._tenants.pop(evicted_key, None)
             self._bytes -= evicted.nbytes
         self._entries[key] = (embedding, time.monotonic() + self.ttl_s)
+        self._tenants[key] = held
         self._bytes += size
+
+    def holds(self, key: str, tenant: str) -> bool:
+        """Whether ``tenant`` is noted as holding the (live) entry ``key``."""
+        return self.get(key) is not None and tenant in self._tenants.get(key, ())
+
+    def grant(self, key: str, tenant: str) -> None:
+        """Note that ``tenant`` holds ``key`` (no-op when the entry is not here)."""
+        if key in self._entries:
+            self._tenants.setdefault(key, set()).add(tenant)
+
+    def revoke(self, key: str, tenant: str) -> bool:
+        """Forget ``tenant``'s hold on ``key``; True if another tenant still holds it."""
+        held = self._tenants.get(key)
+        if held is None:
+            return False
+        held.discard(tenant)
+        return bool(held)
 
     def delete(self, key: str) -> bool:
         """Forget ``key`` (a deletion: remembered, see ``set``). True if it was here."""
@@ -81,6 +113,7 @@ class MemoryCache:
         self._floor = self._generation
         self._deleted_at.clear()
         self._entries.clear()
+        self._tenants.clear()
         self._bytes = 0
 
     def _deleted_since(self, key: str, generation: int) -> bool:
@@ -90,6 +123,7 @@ class MemoryCache:
 
     def _drop(self, key: str) -> bool:
         entry = self._entries.pop(key, None)
+        self._tenants.pop(key, None)
         if entry is None:
             return False
         self._bytes -= entry[0].nbytes

@@ -104,6 +104,44 @@ class RedisTier:
     async def delete(self, key: str) -> None:
         await self._call(self._client.delete, self.key(key))
 
+    # --- which tenants hold an entry: a set beside it, with the same TTL ---------------
+    def tenants_key(self, key: str) -> str:
+        return f"{self.prefix}:who:{key}"
+
+    async def holds(self, key: str, tenant: str) -> bool:
+        """Whether ``tenant`` uploaded the image of ``key`` (the entry may have expired)."""
+        return bool(await self._call(self._client.sismember, self.tenants_key(key), tenant))
+
+    async def grant(self, key: str, tenant: str) -> None:
+        """Record that ``tenant`` holds ``key``, for the cache's TTL from now."""
+
+        async def add() -> None:
+            await self._client.sadd(self.tenants_key(key), tenant)
+            await self._client.expire(self.tenants_key(key), self.ttl_s)
+
+        await self._call(add)
+
+    async def release(self, key: str, tenant: str) -> None:
+        """``tenant`` gives up ``key``; the entry goes when no tenant holds it any more.
+        Either way every replica is told to drop its copy (its next lookup asks Redis),
+        so that the answer takes as long whether or not the tenant held it.
+
+        Commands one after another (the set, the entry and the counter may live in
+        different Cluster slots); a failure between them answers 503 and the client's
+        retry repeats them (each is idempotent enough). A tenant's upload racing the last
+        holder's delete may lose the entry: a cache miss, never another tenant's access.
+        """
+
+        async def in_turn() -> None:
+            await self._client.srem(self.tenants_key(key), tenant)
+            if not await self._client.scard(self.tenants_key(key)):
+                await self._client.delete(self.key(key))
+                await self._client.delete(self.tenants_key(key))
+            await self._client.incr(self.deletes_key)
+            await self._client.publish(self.invalidation_channel, key)
+
+        await self._call(in_turn)
+
     @property
     def invalidation_channel(self) -> str:
         return f"{self.prefix}:invalidate"
@@ -112,29 +150,6 @@ class RedisTier:
     def deletes_key(self) -> str:
         """A counter of every delete ever published (to tell whether a listener missed one)."""
         return f"{self.prefix}:deletes"
-
-    async def delete_everywhere(self, key: str) -> None:
-        """Delete the entry, count it and tell every replica to drop it.
-
-        One transaction on a single Redis; on a Cluster the entry and the counter live in
-        different slots, so the three commands go one after another (a failure between
-        them answers 503 and the client's retry repeats all three: each is idempotent
-        enough — a second DEL is a no-op, an extra count only makes listeners resync).
-        """
-
-        async def transaction() -> Any:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(self.key(key))
-                pipe.incr(self.deletes_key)
-                pipe.publish(self.invalidation_channel, key)
-                return await pipe.execute()
-
-        async def in_turn() -> None:
-            await self._client.delete(self.key(key))
-            await self._client.incr(self.deletes_key)
-            await self._client.publish(self.invalidation_channel, key)
-
-        await self._call(in_turn if self._cluster else transaction)
 
     async def deletes_seen(self) -> int:
         """The delete counter (on a Cluster, on whichever node holds its slot)."""

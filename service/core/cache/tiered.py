@@ -1,7 +1,13 @@
 """L1 (process) in front of Redis (shared). Redis trouble never fails a lookup or a store.
 
-A DELETE is the exception: it must reach every replica, so it fails
-(:class:`CacheUnavailableError`, 503) when Redis cannot confirm it.
+Entries are keyed by content; each also records the tenants that uploaded its image
+(``grant``), and a lookup by id (``get_for``, ``holds``) finds only a tenant's own. A
+tenant not noted in L1 is looked up in Redis before anything else is read, so that
+another tenant's entry and an unknown one are answered alike, after one round trip.
+
+A DELETE (``release``) is the exception to "Redis trouble never fails": it must reach
+every replica, so it fails (:class:`CacheUnavailableError`, 503) when Redis cannot
+confirm it.
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ class EmbeddingCache:
         self._metrics.cache_lookups.labels("redis", outcome).inc()
         return embedding
 
-    async def _redis_get(self, key: str) -> tuple[Embedding | None, str]:
+    async def _redis_get(self, key: str, tenant: str | None = None) -> tuple[Embedding | None, str]:
+        """From Redis into L1 (noting ``tenant`` as a holder, when Redis said so)."""
         assert self.redis is not None
         if not self.redis.available:
             return None, "error"
@@ -74,7 +81,8 @@ class EmbeddingCache:
             return None, "error"
         self._redis_ok()
         if embedding is not None:  # unless a DELETE arrived while it was on its way
-            self.l1.set(key, embedding, fetched_at=fetched_at)
+            tenants = frozenset({tenant}) if tenant else frozenset()
+            self.l1.set(key, embedding, fetched_at=fetched_at, tenants=tenants)
         return embedding, "hit" if embedding else "miss"
 
     async def put(self, key: str, embedding: Embedding) -> None:
@@ -91,13 +99,69 @@ class EmbeddingCache:
             else:
                 self._redis_ok()
 
-    async def delete(self, key: str) -> None:
-        """Delete on every replica, or raise :class:`CacheUnavailableError`."""
-        self.l1.delete(key)
-        if self.redis is None:
+    async def get_for(self, key: str, tenant: str) -> Embedding | None:
+        """The entry, if ``tenant`` holds it (else None, exactly as for an unknown key)."""
+        if self.l1.holds(key, tenant):
+            self._metrics.cache_lookups.labels("l1", "hit").inc()
+            return self.l1.get(key)
+        self._metrics.cache_lookups.labels("l1", "miss").inc()
+        if self.redis is None or not self.redis.available:
+            return None
+        with tracer.start_as_current_span("esam.cache.lookup") as span:
+            try:
+                held = await self.redis.holds(key, tenant)
+            except RedisUnavailableError as exc:
+                self._redis_error("holds", exc)
+                return None
+            embedding, outcome = None, "miss"
+            if held:
+                embedding = self.l1.get(key)
+                if embedding is not None:
+                    self.l1.grant(key, tenant)
+                    outcome = "hit"
+                else:
+                    embedding, outcome = await self._redis_get(key, tenant)
+            span.set_attributes({"esam.cache.tier": "redis", "esam.cache.outcome": outcome})
+        self._metrics.cache_lookups.labels("redis", outcome).inc()
+        return embedding
+
+    async def holds(self, key: str, tenant: str) -> bool:
+        """Whether ``tenant`` holds a live entry ``key``."""
+        if self.l1.holds(key, tenant):
+            return True
+        if self.redis is None or not self.redis.available:
+            return False
+        try:
+            return await self.redis.holds(key, tenant) and await self.redis.exists(key)
+        except RedisUnavailableError as exc:
+            self._redis_error("holds", exc)
+            return False
+
+    async def grant(self, key: str, tenant: str) -> None:
+        """Record that ``tenant`` uploaded the image of ``key`` (already stored)."""
+        if self.l1.holds(key, tenant):
+            return
+        self.l1.grant(key, tenant)
+        if self.redis is None or not self.redis.available:
             return
         try:
-            await self.redis.delete_everywhere(key)
+            await self.redis.grant(key, tenant)
+        except RedisUnavailableError as exc:
+            self._redis_error("grant", exc)
+        else:
+            self._redis_ok()
+
+    async def release(self, key: str, tenant: str) -> None:
+        """``tenant``'s DELETE: its access goes on every replica (the entry too when no
+        tenant holds it any more), or :class:`CacheUnavailableError`."""
+        still_held = self.l1.revoke(key, tenant)
+        if self.redis is None:
+            if not still_held:
+                self.l1.delete(key)
+            return
+        self.l1.delete(key)  # the next lookup here asks Redis who holds it
+        try:
+            await self.redis.release(key, tenant)
         except RedisUnavailableError as exc:
             self._redis_error("delete", exc)
             raise CacheUnavailableError(
@@ -106,17 +170,6 @@ class EmbeddingCache:
                 retry_after_s=max(1, int(self.redis.retry_s + 0.999)),
             ) from exc
         self._redis_ok()
-
-    async def contains(self, key: str) -> bool:
-        if self.l1.get(key) is not None:
-            return True
-        if self.redis is None or not self.redis.available:
-            return False
-        try:
-            return await self.redis.exists(key)
-        except RedisUnavailableError as exc:
-            self._redis_error("exists", exc)
-            return False
 
     async def redis_status(self) -> RedisStatus:
         if self.redis is None:

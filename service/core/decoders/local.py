@@ -19,6 +19,7 @@ from service.core.edges import EdgeMap, EdgeParams, edge_map
 from service.core.embedding import Embedding
 from service.core.everything import Box, Crop, EverythingParams, Proposal, segment_everything
 from service.core.metrics import Metrics
+from service.core.tenancy import PrioritySlots, bulk_share, current_priority
 from service.core.tracing import in_context, tracer
 from service.errors import OverloadedError
 from service.model import EfficientSam, ranked_candidates
@@ -39,11 +40,14 @@ class LocalDecoder:
         metrics: Metrics,
         max_everything_jobs: int = 1,
         everything_memory_bytes: int = 256 << 20,
+        interactive_share: float = 0.0,
     ) -> None:
+        """``interactive_share``: of the ``max_concurrency`` slots, the share bulk work
+        (segment everything, edges, ``X-Priority: bulk``) may not take."""
         self._model = model
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="esam-decoder")
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slots = PrioritySlots(max_concurrency, bulk_share(max_concurrency, interactive_share))
         self._everything_limit = max_everything_jobs
         self._everything_running = 0
         self._everything_memory = everything_memory_bytes
@@ -55,7 +59,7 @@ class LocalDecoder:
     @property
     def has_free_slot(self) -> bool:
         """A decode would start at once (no thread busy with all the others)."""
-        return not self._slots.locked()
+        return not self._slots.locked(current_priority())
 
     async def start(self) -> None:
         pass
@@ -68,7 +72,7 @@ class LocalDecoder:
 
     async def segment(self, request: DecodeRequest) -> list[list[Candidate]]:
         """One list of candidates per prompt, in prompt order, best score first."""
-        async with self._slots:
+        async with self._slots.hold():
             start = time.perf_counter()
             loop = asyncio.get_running_loop()
             with tracer.start_as_current_span("esam.decode") as span:
@@ -125,7 +129,7 @@ class LocalDecoder:
             )
 
         try:
-            async with self.long_job(kind, prompts, len(crops), duration), self._slots:
+            async with self.long_job(kind, prompts, len(crops), duration), self._slots.hold():
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._executor, in_context(run))
         finally:

@@ -41,7 +41,8 @@ def deployment_openapi(app: FastAPI, settings: Settings) -> JsonObject:
             ("Edges", EdgeParams().points_per_side),
         ):
             _grid_budget(schemas, family, default, settings.max_everything_prompts)
-        if settings.api_keys:
+        _priority_header(document)
+        if settings.auth_enabled:
             _require_api_key(document)
         app.openapi_schema = document
     return app.openapi_schema
@@ -98,12 +99,13 @@ def _require_api_key(document: JsonObject) -> None:
         SECURITY_SCHEME: {
             "type": "http",
             "scheme": "bearer",
-            "description": "one of ESAM_API_KEYS",
+            "description": "one of ESAM_API_KEYS (or ESAM_API_KEYS_FILE); the key's tenant "
+            "sees only the embeddings it uploaded",
         },
         BASIC_SCHEME: {
             "type": "http",
             "scheme": "basic",
-            "description": "any user name, one of ESAM_API_KEYS as the password "
+            "description": "any user name, one of the API keys as the password "
             "(Label Studio's ML backend routes only)",
         },
     }
@@ -113,3 +115,25 @@ def _require_api_key(document: JsonObject) -> None:
             security.append({BASIC_SCHEME: []})
         for operation in operations.values():
             operation["security"] = security
+
+
+#: the operations whose work the priority header ranks
+PRIORITISED = ("/embed", "/segment", "/segment/everything", "/edges", "/labelstudio/predict")
+
+
+def _priority_header(document: JsonObject) -> None:
+    """``X-Priority`` (read by ``gateway.tenancy`` before the body) on the operations whose
+    work it ranks."""
+    parameter = {
+        "name": "X-Priority",
+        "in": "header",
+        "required": False,
+        "description": "`bulk` for work nobody waits on (precomputes, batch predictions): it "
+        "may use only its share of the encode budget and the decoder, and goes to Triton at "
+        "a lower priority; `interactive` (the default) for an annotator. Segment everything "
+        "and edges always run as bulk. Another value: 422 `invalid_request`.",
+        "schema": {"type": "string", "enum": ["interactive", "bulk"], "default": "interactive"},
+    }
+    for path in PRIORITISED:
+        operation = document["paths"][path]["post"]
+        operation.setdefault("parameters", []).append(parameter)

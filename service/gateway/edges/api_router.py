@@ -9,6 +9,7 @@ from service.gateway.edges.serving import detect_edges, edges_png
 from service.gateway.errors import error_responses
 from service.gateway.npy import NPY_MEDIA_TYPE, npy_response, wants_npy
 from service.gateway.state import State
+from service.gateway.tenancy import Tenant
 
 router = APIRouter(tags=["segmentation"])
 
@@ -45,9 +46,9 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
     ),
 )
 async def detect_edges_route(
-    request: EdgesRequest, state: State, accept: str | None = Header(default=None)
+    request: EdgesRequest, state: State, tenant: Tenant, accept: str | None = Header(default=None)
 ) -> Response:
-    result = await detect_edges(state, request)
+    result = await detect_edges(state, tenant, request)
     strength = result.edges.strength
     if wants_npy(accept):
         return npy_response(strength, result.headers)

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from service.core.edges import EdgeMap, EdgeParams
+from service.core.tenancy import priority_scope
 from service.gateway.edges.protocol import (
     DEFAULT_POINTS_PER_SIDE,
     EdgesRequest,
@@ -40,9 +41,18 @@ def _params(request: EdgesRequest, points_per_side: int) -> EdgeParams:
     )
 
 
-async def detect_edges(state: ServingState, request: EdgesRequest) -> EdgesResult:
+async def detect_edges(state: ServingState, tenant: str, request: EdgesRequest) -> EdgesResult:
+    """A long job: it runs as bulk work (``X-Priority`` aside), never in the share of the
+    decoder's slots and encode budget kept for interactive requests."""
+    with priority_scope("bulk"):
+        return await _detect_edges(state, tenant, request)
+
+
+async def _detect_edges(state: ServingState, tenant: str, request: EdgesRequest) -> EdgesResult:
     n_layers = request.crop_n_layers if isinstance(request, EdgesWithImageRequest) else 0
-    job = await grid_job(state, request, request.points_per_side, n_layers, DEFAULT_POINTS_PER_SIDE)
+    job = await grid_job(
+        state, tenant, request, request.points_per_side, n_layers, DEFAULT_POINTS_PER_SIDE
+    )
     params = _params(request, job.points_per_side)
     edges = await state.decoder.edges(job.image_id, job.crops, params)
     headers = image_headers(state, job.image_id, job.embedding, job.cached)

@@ -11,6 +11,7 @@ from service.gateway.errors import error_responses
 from service.gateway.images import IMAGE_REQUEST_BODY, read_image
 from service.gateway.npy import NPY_MEDIA_TYPE, npy_response, wants_npy
 from service.gateway.state import State
+from service.gateway.tenancy import Tenant
 
 router = APIRouter(tags=["embeddings"])
 
@@ -53,9 +54,9 @@ EMBED_LINKS = {
     },
 )
 async def embed(
-    request: Request, state: State, accept: str | None = Header(default=None)
+    request: Request, state: State, tenant: Tenant, accept: str | None = Header(default=None)
 ) -> EmbedResponse | Response:
-    result = await embed_image(state, await read_image(request))
+    result = await embed_image(state, tenant, await read_image(request))
     if wants_npy(accept):
         headers = image_headers(state, result.image_id, result.embedding, result.cached)
         return npy_response(result.embedding.as_float(), headers)

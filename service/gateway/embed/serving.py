@@ -6,5 +6,5 @@ from service.core.embeddings import EmbedResult
 from service.gateway.state import ServingState
 
 
-async def embed_image(state: ServingState, data: bytes) -> EmbedResult:
-    return await state.embeddings.embed(data)
+async def embed_image(state: ServingState, tenant: str, data: bytes) -> EmbedResult:
+    return await state.embeddings.embed(data, tenant=tenant)

@@ -13,6 +13,7 @@ from service.gateway.examples import EXAMPLE_IMAGE_ID
 from service.gateway.npy import NPY_RESPONSE, npy_response
 from service.gateway.protocol_types import IMAGE_ID_PATTERN
 from service.gateway.state import State
+from service.gateway.tenancy import Tenant
 
 router = APIRouter(prefix="/embeddings", tags=["embeddings"])
 ImageId = Annotated[
@@ -34,12 +35,12 @@ ImageId = Annotated[
     summary="Is this image's embedding cached?",
     responses={
         204: {"description": "cached"},
-        404: {"description": "not cached (no body)"},
+        404: {"description": "not cached for the caller's tenant (no body)"},
         **error_responses(401, 422),
     },
 )
-async def has_embedding(image_id: ImageId, state: State) -> Response:
-    if await state.embeddings.contains(image_id):
+async def has_embedding(image_id: ImageId, state: State, tenant: Tenant) -> Response:
+    if await state.embeddings.contains(image_id, tenant=tenant):
         return Response(status_code=204)
     return Response(status_code=404)
 
@@ -51,8 +52,8 @@ async def has_embedding(image_id: ImageId, state: State) -> Response:
     responses={**NPY_RESPONSE, **error_responses(401, 404, 422)},
     summary="The cached embedding as .npy",
 )
-async def get_embedding(image_id: ImageId, state: State) -> Response:
-    embedding = await state.embeddings.lookup(image_id)
+async def get_embedding(image_id: ImageId, state: State, tenant: Tenant) -> Response:
+    embedding = await state.embeddings.lookup(image_id, tenant=tenant)
     if embedding is None:
         raise EmbeddingNotFoundError(f"no cached embedding for image_id {image_id}")
     return npy_response(embedding.as_float(), image_headers(state, image_id, embedding))
@@ -64,11 +65,13 @@ async def get_embedding(image_id: ImageId, state: State) -> Response:
     operation_id="delete_embedding",
     summary="Forget an image's embedding, on every replica",
     description=(
-        "204 once the embedding is gone from the shared cache and every replica has been "
-        "told to drop its copy; 503 `cache_unavailable` when Redis could not confirm it."
+        "204 once the caller's tenant no longer has the embedding on any replica (the "
+        "embedding itself goes when no other tenant uploaded the image); 503 "
+        "`cache_unavailable` when Redis could not confirm it. An image the tenant never "
+        "uploaded answers 204 too, and changes nothing."
     ),
     responses=error_responses(401, 422, "503-delete"),
 )
-async def delete_embedding(image_id: ImageId, state: State) -> Response:
-    await state.embeddings.delete(image_id)
+async def delete_embedding(image_id: ImageId, state: State, tenant: Tenant) -> Response:
+    await state.embeddings.delete(image_id, tenant=tenant)
     return Response(status_code=204)

@@ -8,6 +8,7 @@ from service.gateway.errors import error_responses
 from service.gateway.everything.protocol import EverythingRequest, EverythingResponse
 from service.gateway.everything.serving import segment_everything
 from service.gateway.state import State
+from service.gateway.tenancy import Tenant
 
 router = APIRouter(tags=["segmentation"])
 
@@ -32,5 +33,7 @@ router = APIRouter(tags=["segmentation"])
         "time per replica (`ESAM_MAX_EVERYTHING_JOBS`): another answers 429 at once."
     ),
 )
-async def segment_everything_route(request: EverythingRequest, state: State) -> EverythingResponse:
-    return await segment_everything(state, request)
+async def segment_everything_route(
+    request: EverythingRequest, state: State, tenant: Tenant
+) -> EverythingResponse:
+    return await segment_everything(state, tenant, request)

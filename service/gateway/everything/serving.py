@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from service.core.everything import EverythingParams
+from service.core.tenancy import priority_scope
 from service.gateway.embedding_source import grid_job
 from service.gateway.everything.protocol import (
     DEFAULT_POINTS_PER_SIDE,
@@ -28,9 +29,22 @@ def _params(request: EverythingRequest, points_per_side: int) -> EverythingParam
     return EverythingParams(**request.model_dump(include=names), points_per_side=points_per_side)
 
 
-async def segment_everything(state: ServingState, request: EverythingRequest) -> EverythingResponse:
+async def segment_everything(
+    state: ServingState, tenant: str, request: EverythingRequest
+) -> EverythingResponse:
+    """A long job: it runs as bulk work (``X-Priority`` aside), never in the share of the
+    decoder's slots and encode budget kept for interactive requests."""
+    with priority_scope("bulk"):
+        return await _segment_everything(state, tenant, request)
+
+
+async def _segment_everything(
+    state: ServingState, tenant: str, request: EverythingRequest
+) -> EverythingResponse:
     n_layers = request.crop_n_layers if isinstance(request, EverythingWithImageRequest) else 0
-    job = await grid_job(state, request, request.points_per_side, n_layers, DEFAULT_POINTS_PER_SIDE)
+    job = await grid_job(
+        state, tenant, request, request.points_per_side, n_layers, DEFAULT_POINTS_PER_SIDE
+    )
     found = await state.decoder.everything(job.crops, _params(request, job.points_per_side))
     payloads = await mask_payloads([p.rle for p in found], request.mask_format)
     masks = []

@@ -26,6 +26,7 @@ from service.gateway.labelstudio.protocol import (
     WebhookResponse,
 )
 from service.gateway.labelstudio.serving import LabelStudioBackend
+from service.gateway.tenancy import Tenant
 
 TAG = "Label Studio ML backend"
 router = APIRouter(prefix="/labelstudio", tags=[TAG])
@@ -88,8 +89,8 @@ async def versions(backend: Backend) -> VersionsResponse:
         "`ESAM_LABEL_STUDIO_BATCH_BUDGET_S` `+pending` after the model version."
     ),
 )
-async def predict(body: PredictRequest, backend: Backend) -> PredictResponse:
-    return await backend.predict(body)
+async def predict(body: PredictRequest, backend: Backend, tenant: Tenant) -> PredictResponse:
+    return await backend.predict(body, tenant)
 
 
 @router.post(

@@ -34,6 +34,7 @@ from service.core.cache.redis_tier import RedisTier, RedisUnavailableError
 from service.core.decoders import DecodeRequest
 from service.core.embedding import Embedding
 from service.core.everything import EverythingParams, densest_grid
+from service.core.tenancy import priority_scope
 from service.errors import (
     EsamError,
     ImageUrlNotAllowedError,
@@ -82,7 +83,8 @@ MAX_BOX_POINTS = 4  # points beside a box (the decoder's six prompt slots)
 class ReferenceMemory:
     """Image reference → image_id, each for ``ttl_s``: in this process (the oldest dropped
     past ``size``) and, with the Redis cache, shared by every replica (so an image is
-    downloaded once for all of them). Redis being down only makes it local."""
+    downloaded once for all of them). Redis being down only makes it local. Kept per
+    tenant: one tenant's references say nothing of another's."""
 
     NAMESPACE = "lsref"
 
@@ -96,7 +98,8 @@ class ReferenceMemory:
     def _name(reference: str) -> str:
         return hashlib.sha256(reference.encode()).hexdigest()
 
-    async def get(self, reference: str) -> str | None:
+    async def get(self, tenant: str, reference: str) -> str | None:
+        reference = f"{tenant}\n{reference}"
         entry = self._entries.get(reference)
         if entry is not None and entry[1] >= time.monotonic():
             self._entries.move_to_end(reference)
@@ -112,7 +115,8 @@ class ReferenceMemory:
             self._remember(reference, image_id)
         return image_id
 
-    async def put(self, reference: str, image_id: str) -> None:
+    async def put(self, tenant: str, reference: str, image_id: str) -> None:
+        reference = f"{tenant}\n{reference}"
         self._remember(reference, image_id)
         if self._shared is not None:
             with contextlib.suppress(RedisUnavailableError):
@@ -281,17 +285,23 @@ class LabelStudioBackend:
             parse_label_config(request.label_config)  # a config we cannot answer: 422 now
         return SetupResponse(model_version=self.model_version)
 
-    async def predict(self, request: PredictRequest) -> PredictResponse:
+    async def predict(self, request: PredictRequest, tenant: str) -> PredictResponse:
+        """``tenant``: the key's (Basic password's) tenant; a batch runs as bulk work."""
         config = parse_label_config(request.label_config)
         context = request.params.context.result if request.params and request.params.context else []
         clicks = [c for c in context if isinstance(c, KeypointClick | RectangleClick)]
         if len(request.tasks) == 1:  # a click or an opened task: its error is the answer
-            return PredictResponse(results=[await self._task(request.tasks[0], config, clicks)])
+            task = request.tasks[0]
+            return PredictResponse(results=[await self._task(task, config, clicks, tenant)])
         # Label Studio sends every selected task in one request and waits ML_TIMEOUT_PREDICT
         # (100 s): answer within the budget; what is not ready by then keeps going here
         budget = self._settings.label_studio_batch_budget_s
         deadline = time.monotonic() + budget
-        jobs = [asyncio.create_task(self._batched(t, config, deadline)) for t in request.tasks]
+        with priority_scope("bulk"):  # the jobs keep the priority they were created with
+            jobs = [
+                asyncio.create_task(self._batched(t, config, deadline, tenant))
+                for t in request.tasks
+            ]
         for job in jobs:
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
@@ -303,12 +313,12 @@ class LabelStudioBackend:
         return PredictResponse(results=results)
 
     async def _batched(
-        self, task: Task, config: LabelConfig, deadline: float
+        self, task: Task, config: LabelConfig, deadline: float, tenant: str
     ) -> TaskPrediction | None:
         """One task of a batch: None when its image was ready only after the answer."""
         async with self._batch:
             try:
-                image_id, embedding = await self._embedding(task, config)
+                image_id, embedding = await self._embedding(task, config, tenant)
                 if time.monotonic() > deadline:
                     return None  # answered as pending; the embedding is cached now
                 return await self._answer(config, image_id, embedding, [])
@@ -318,9 +328,13 @@ class LabelStudioBackend:
                 return TaskPrediction(result=[], score=0.0, model_version=version)
 
     async def _task(
-        self, task: Task, config: LabelConfig, clicks: list[KeypointClick | RectangleClick]
+        self,
+        task: Task,
+        config: LabelConfig,
+        clicks: list[KeypointClick | RectangleClick],
+        tenant: str,
     ) -> TaskPrediction:
-        return await self._answer(config, *await self._embedding(task, config), clicks)
+        return await self._answer(config, *await self._embedding(task, config, tenant), clicks)
 
     async def _answer(
         self,
@@ -374,21 +388,23 @@ class LabelStudioBackend:
         score = float(np.mean(scores)) if scores else 0.0
         return TaskPrediction(result=regions, score=score, model_version=self.model_version)
 
-    async def _embedding(self, task: Task, config: LabelConfig) -> tuple[str, Embedding]:
+    async def _embedding(
+        self, task: Task, config: LabelConfig, tenant: str
+    ) -> tuple[str, Embedding]:
         reference = task.data.get(config.image_key)
         if not isinstance(reference, str) or not reference:
             raise InvalidRequestError(f"task {task.id}: data.{config.image_key} holds no image URL")
         if reference.startswith("data:"):  # the image itself: nothing to fetch or remember
-            result = await self._state.embeddings.embed(self._inline(reference))
+            result = await self._state.embeddings.embed(self._inline(reference), tenant=tenant)
             return result.image_id, result.embedding
-        image_id = await self._memory.get(reference)
+        image_id = await self._memory.get(tenant, reference)
         if image_id is not None:
-            embedding = await self._state.embeddings.lookup(image_id)
+            embedding = await self._state.embeddings.lookup(image_id, tenant=tenant)
             if embedding is not None:
                 return image_id, embedding  # nothing downloaded, nothing encoded
         image = await self._download(self._url(reference, task.id))
-        result = await self._state.embeddings.embed(image)
-        await self._memory.put(reference, result.image_id)
+        result = await self._state.embeddings.embed(image, tenant=tenant)
+        await self._memory.put(tenant, reference, result.image_id)
         return result.image_id, result.embedding
 
     @staticmethod

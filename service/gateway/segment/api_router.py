@@ -8,6 +8,7 @@ from service.gateway.errors import error_responses
 from service.gateway.segment.protocol import SegmentRequest, SegmentResponse
 from service.gateway.segment.serving import segment as run_segment
 from service.gateway.state import State
+from service.gateway.tenancy import Tenant
 
 router = APIRouter(tags=["segmentation"])
 
@@ -25,5 +26,5 @@ router = APIRouter(tags=["segmentation"])
         "`image_id` answers 404 `embedding_not_found`: send the image again."
     ),
 )
-async def segment(request: SegmentRequest, state: State) -> SegmentResponse:
-    return await run_segment(state, request)
+async def segment(request: SegmentRequest, state: State, tenant: Tenant) -> SegmentResponse:
+    return await run_segment(state, tenant, request)

@@ -51,7 +51,7 @@ def candidates_wanted(multimask: bool, best_only: bool) -> Candidates:
     return "best" if best_only else "multimask"
 
 
-async def segment(state: ServingState, request: SegmentRequest) -> SegmentResponse:
+async def segment(state: ServingState, tenant: str, request: SegmentRequest) -> SegmentResponse:
     if len(request.prompts) > state.settings.max_prompts:
         raise InvalidPromptError(
             f"prompts: {len(request.prompts)} prompts; at most {state.settings.max_prompts}"
@@ -62,7 +62,9 @@ async def segment(state: ServingState, request: SegmentRequest) -> SegmentRespon
     def check(width: int, height: int) -> None:
         arrays.append(_prompt_arrays(request, width, height, img_size))
 
-    image_id, embedding, cached = await image_embedding(state, *image_source(request), check)
+    image_id, embedding, cached = await image_embedding(
+        state, tenant, *image_source(request), check
+    )
     points, labels = arrays[-1]
     per_prompt = await state.decoder.segment(
         DecodeRequest(

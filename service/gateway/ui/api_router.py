@@ -67,7 +67,7 @@ async def page(state: State) -> FileResponse:
 async def config(state: State) -> JSONResponse:
     return JSONResponse(
         {
-            "api_key_required": bool(state.settings.api_keys),
+            "api_key_required": state.settings.auth_enabled,
             "model": state.model_id,
             "browser_decoder": available(state.settings.ui_assets_dir),
         },

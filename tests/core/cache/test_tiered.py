@@ -111,7 +111,7 @@ async def test_redis_down_is_bypassed_not_waited_on_and_used_again_once_back(
         assert errors == (1 if op == "get" else None), op  # the first failure only
     # a delete must reach every replica: refused while it cannot be confirmed
     with pytest.raises(CacheUnavailableError) as refused:
-        await cache.delete("kept")
+        await cache.release("kept", "default")
     assert refused.value.retry_after_s >= 1
 
     redis_server.start()
@@ -148,10 +148,11 @@ async def test_a_delete_on_one_replica_empties_the_others_local_tier(
     )
     try:
         await first.put("shared", embedding(5))
+        await first.grant("shared", "default")
         assert await second.get("shared") is not None  # now in second's L1 too
         assert second.invalidations is not None
         await asyncio.wait_for(second.invalidations.subscribed.wait(), 5)
-        await first.delete("shared")
+        await first.release("shared", "default")
         deadline = time.monotonic() + 2
         while second.l1.get("shared") is not None:
             assert time.monotonic() < deadline, "the other replica kept its copy"
