@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VARIANT ?= ti
 
-.PHONY: install serve test test-fast chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity bench-clicks bench-embedding-dtypes bench-precompute bench-ui-decoder bench-brush-rle ui-assets clean
+.PHONY: install serve test test-fast chromium lint format weights triton onnx bench-model bench-gateway bench-triton bench-load bench-hostile bench-gpu bench-gpu-dry-run bench-memory bench-failures bench-capacity bench-clicks bench-embedding-dtypes bench-precompute bench-ui-decoder bench-brush-rle bench-priority ui-assets clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,9 @@ bench-model: $(STAMP)  ## encoder/decoder speed against an explicit-softmax fp32
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+
+bench-priority: $(STAMP)  ## an annotator's latency beside a bulk precompute and another tenant's flood (local Triton)
+	$(BIN)/python bench/priority.py
 
 bench-triton: $(STAMP)  ## throughput/latency vs concurrency through the gateway and directly against Triton
 	$(BIN)/python bench/triton.py

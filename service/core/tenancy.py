@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import math
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -82,19 +82,29 @@ def split_entries(text: str) -> list[str]:
 
 
 _priority: ContextVar[Priority] = ContextVar("esam_priority", default="interactive")
+_tenant: ContextVar[str] = ContextVar("esam_tenant", default=DEFAULT_TENANT)
 
 
 def current_priority() -> Priority:
     return _priority.get()
 
 
+def current_tenant() -> str:
+    """The request's tenant, for fair shares of shared capacity (never for access: the
+    cache's by-id operations take the tenant as an argument)."""
+    return _tenant.get()
+
+
 @contextlib.contextmanager
-def priority_scope(priority: Priority) -> Iterator[None]:
-    """Run the block (and the tasks it starts) at ``priority``."""
+def priority_scope(priority: Priority, tenant: str | None = None) -> Iterator[None]:
+    """Run the block (and the tasks it starts) at ``priority`` (and for ``tenant``)."""
     token = _priority.set(priority)
+    tenant_token = _tenant.set(tenant) if tenant is not None else None
     try:
         yield
     finally:
+        if tenant_token is not None:
+            _tenant.reset(tenant_token)
         _priority.reset(token)
 
 
@@ -109,8 +119,9 @@ def bulk_share(total: int, interactive_share: float) -> int:
 
 class PrioritySlots:
     """``total`` slots, of which bulk work may hold at most ``bulk_max``; a freed slot
-    goes to a waiting interactive request before any bulk one (first come, first
-    served within a priority)."""
+    goes to a waiting interactive request before any bulk one, and within a priority to
+    the tenants in turn (round robin; first come, first served within a tenant): a
+    tenant with many requests waiting delays another's by one turn, not by its queue."""
 
     def __init__(self, total: int, bulk_max: int) -> None:
         if total < 1 or not 1 <= bulk_max <= total:
@@ -119,8 +130,8 @@ class PrioritySlots:
         self.bulk_max = bulk_max
         self._busy = 0
         self._bulk_busy = 0
-        self._waiters: dict[Priority, deque[asyncio.Future[None]]] = {
-            p: deque() for p in PRIORITIES
+        self._waiters: dict[Priority, OrderedDict[str, deque[asyncio.Future[None]]]] = {
+            p: OrderedDict() for p in PRIORITIES
         }
 
     @property
@@ -151,13 +162,26 @@ class PrioritySlots:
             self._bulk_busy -= 1
         self._wake()
 
+    def _next_waiter(self, priority: Priority) -> asyncio.Future[None] | None:
+        """The first waiter of the tenant whose turn it is (that tenant goes to the back)."""
+        tenants = self._waiters[priority]
+        while tenants:
+            tenant, queue = next(iter(tenants.items()))
+            future = queue.popleft()
+            if queue:
+                tenants.move_to_end(tenant)
+            else:
+                del tenants[tenant]
+            if not future.done():
+                return future
+        return None
+
     def _wake(self) -> None:
         for priority in PRIORITIES:  # interactive first
-            waiters = self._waiters[priority]
-            while waiters and self._free(priority):
-                future = waiters.popleft()
-                if future.done():
-                    continue
+            while self._waiters[priority] and self._free(priority):
+                future = self._next_waiter(priority)
+                if future is None:
+                    break
                 self._take(priority)
                 future.set_result(None)
 
@@ -167,15 +191,20 @@ class PrioritySlots:
             self._take(priority)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[priority].append(future)
+        tenant = current_tenant()
+        self._waiters[priority].setdefault(tenant, deque()).append(future)
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self._release(priority)  # the slot was handed over as the wait was cancelled
             else:
-                with contextlib.suppress(ValueError):
-                    self._waiters[priority].remove(future)
+                queue = self._waiters[priority].get(tenant)
+                if queue is not None:
+                    with contextlib.suppress(ValueError):
+                        queue.remove(future)
+                    if not queue:
+                        del self._waiters[priority][tenant]
             raise
 
     @contextlib.asynccontextmanager

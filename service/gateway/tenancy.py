@@ -3,8 +3,9 @@ the tenant as a FastAPI dependency.
 
 ``X-Priority: bulk`` marks work nobody waits on (``esam embed``, Label Studio's batch
 predictions, segment everything); ``interactive`` is the default. An unknown value is
-refused (422 ``invalid_request``) before the body is read. The priority is set for the
-rest of the request (``core.tenancy.priority_scope``).
+refused (422 ``invalid_request``) before the body is read. The priority and the tenant
+are set for the rest of the request (``core.tenancy.priority_scope``): the decoder's
+slots go to waiting tenants in turn.
 
 Each tenant may send ``ESAM_TENANT_RPS`` requests per second to this replica (with a
 burst of ``ESAM_TENANT_BURST``; per-tenant overrides in ``ESAM_TENANT_LIMITS``): beyond
@@ -96,7 +97,7 @@ class TenancyMiddleware:
             )
             await render(limit)(scope, receive, send)
             return
-        with priority_scope(priority):
+        with priority_scope(priority, tenant):
             await self.app(scope, receive, send)
 
 

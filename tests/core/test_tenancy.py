@@ -171,3 +171,27 @@ async def test_the_batch_queue_takes_interactive_items_before_queued_bulk_ones()
     await asyncio.gather(first, *queued)
     await batcher.close()
     assert batches == [["first"], ["click", "bulk-a"], ["bulk-b", "bulk-c"]]
+
+
+async def test_waiting_tenants_get_the_slots_in_turn() -> None:
+    slots = PrioritySlots(1, 1)
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def work(name: str, tenant: str) -> None:
+        with priority_scope("interactive", tenant):
+            async with slots.hold():
+                order.append(name)
+                if name == "busy":
+                    await gate.wait()
+
+    holder = asyncio.create_task(work("busy", "flood"))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(work(f"flood-{i}", "flood")) for i in range(4)]
+    await asyncio.sleep(0)
+    queued.append(asyncio.create_task(work("team-0", "team")))  # arrives behind four
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(holder, *queued)
+    # the team's one request goes after one flood request, not after all four
+    assert order == ["busy", "flood-0", "team-0", "flood-1", "flood-2", "flood-3"]

@@ -119,3 +119,84 @@ async def test_sentinel_failover_during_load_fails_no_request(
         prefix = gw.state.settings.redis_key_prefix
         stored = list(redis.Redis(port=new_master).scan_iter(f"{prefix}:emb:*"))
         assert len(stored) >= 3
+
+
+ACME, GLOBEX = "acme-key-0123456789abcdef", "globex-key-0123456789abcdef"
+TENANT_KEYS = f"acme:{ACME},globex:{GLOBEX}"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_tenants_stay_apart_on_a_cluster_across_gateways(
+    gateway_factory: GatewayFactory, redis_cluster: LocalRedisCluster
+) -> None:
+    settings = {
+        "cache": "redis",
+        "redis_mode": "cluster",
+        "redis_url": redis_cluster.urls[0],
+        "api_keys": TENANT_KEYS,
+    }
+    async with gateway_factory(**settings) as first, gateway_factory(**settings) as second:
+        for gw in (first, second):
+            listener = gw.state.embeddings.cache.invalidations
+            assert listener is not None
+            await asyncio.wait_for(listener.subscribed.wait(), 5)
+        images = [png_bytes(seed=600 + i) for i in range(6)]
+        ids = []
+        for image in images:
+            response = await first.client.post(
+                "/embed", content=image, headers={**bearer(ACME), "Content-Type": "image/png"}
+            )
+            assert response.status_code == 200, response.text
+            ids.append(response.json()["image_id"])
+        prefix = first.state.settings.redis_key_prefix
+        assert sum(redis_cluster.keys_per_node(f"{prefix}:who:*")) == len(ids)
+        for image_id in ids:
+            path = f"/embeddings/{image_id}"
+            assert (await second.client.head(path, headers=bearer(ACME))).status_code == 204
+            assert (await second.client.head(path, headers=bearer(GLOBEX))).status_code == 404
+            assert (await second.client.get(path, headers=bearer(GLOBEX))).status_code == 404
+        # globex sends one of the images itself: its own access, no encode
+        shared = await second.client.post(
+            "/embed", content=images[0], headers={**bearer(GLOBEX), "Content-Type": "image/png"}
+        )
+        assert shared.json()["cached"] is True
+        assert second.encodes == 0
+        # acme's delete through one gateway: acme loses it on both, globex keeps it
+        path = f"/embeddings/{ids[0]}"
+        assert (await first.client.delete(path, headers=bearer(ACME))).status_code == 204
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while (await second.client.head(path, headers=bearer(ACME))).status_code != 404:
+            assert loop.time() - start < 2.0
+            await asyncio.sleep(0.02)
+        for gw in (first, second):
+            assert (await gw.client.head(path, headers=bearer(GLOBEX))).status_code == 204
+        # and an image only acme had goes from the Cluster with acme's delete
+        gone = f"/embeddings/{ids[1]}"
+        assert (await second.client.delete(gone, headers=bearer(ACME))).status_code == 204
+        assert sum(redis_cluster.keys_per_node(f"{prefix}:emb:*")) == len(ids) - 1
+
+
+async def test_tenants_stay_apart_behind_a_sentinel(
+    gateway_factory: GatewayFactory, sentinel: LocalSentinel
+) -> None:
+    settings = {
+        "cache": "redis",
+        "redis_mode": "sentinel",
+        "redis_url": sentinel.url,
+        "api_keys": TENANT_KEYS,
+    }
+    async with gateway_factory(**settings) as first, gateway_factory(**settings) as second:
+        response = await first.client.post(
+            "/embed",
+            content=png_bytes(seed=700),
+            headers={**bearer(ACME), "Content-Type": "image/png"},
+        )
+        path = f"/embeddings/{response.json()['image_id']}"
+        assert (await second.client.head(path, headers=bearer(ACME))).status_code == 204
+        assert (await second.client.head(path, headers=bearer(GLOBEX))).status_code == 404
+        assert (await second.client.delete(path, headers=bearer(GLOBEX))).status_code == 204
+        assert (await first.client.head(path, headers=bearer(ACME))).status_code == 204

@@ -219,3 +219,35 @@ async def test_keys_rotate_through_the_keys_file_without_a_restart(
         keys.write_text("Not A Tenant:short\n")
         await asyncio.sleep(1.5)
         assert (await gw.client.head(head, headers=as_(GLOBEX))).status_code == 404
+
+
+@pytest.mark.real_encoder  # the encodes must overlap
+async def test_a_tenants_pending_encodes_stop_at_its_limit(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async with gateway_factory(
+        api_keys=KEYS, tenant_limits={"acme": {"pending_encodes": 1}}, encoder_max_batch=1
+    ) as gw:
+        acme = [
+            gw.client.post(
+                "/embed",
+                content=png_bytes(seed=s),
+                headers=as_(ACME, **{"Content-Type": "image/png"}),
+            )
+            for s in (95, 96, 97)
+        ]
+        globex = gw.client.post(
+            "/embed",
+            content=png_bytes(seed=98),
+            headers=as_(GLOBEX, **{"Content-Type": "image/png"}),
+        )
+        *mine, theirs = await asyncio.gather(*acme, globex)
+        assert sorted(r.status_code for r in mine) == [200, 429, 429]
+        refused = next(r for r in mine if r.status_code == 429)
+        assert_error(refused, 429, "tenant_limit")
+        assert "ESAM_TENANT_PENDING_ENCODES" in refused.json()["error"]["message"]
+        assert theirs.status_code == 200  # another tenant is not held back
+        refusals = gw.metric(
+            "esam_tenant_refused_total", {"tenant": "acme", "limit": "pending_encodes"}
+        )
+        assert refusals == 2
