@@ -1,4 +1,5 @@
-"""One table from error code to HTTP status, one renderer, handlers registered once."""
+"""The HTTP side of the error table in ``service/errors.py``: one renderer, the OpenAPI
+responses of a route from the kinds it can raise, handlers registered once."""
 
 from __future__ import annotations
 
@@ -18,9 +19,7 @@ from service.errors import (
     EmbeddingNotFoundError,
     EncoderUnavailableError,
     EsamError,
-    ImageFetchError,
     ImageTooLargeError,
-    ImageUrlNotAllowedError,
     InvalidImageError,
     InvalidPromptError,
     InvalidRequestError,
@@ -28,27 +27,14 @@ from service.errors import (
     TenantLimitError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
+    error_kinds,
 )
 from service.gateway.protocol_types import BY_ID, WITH_IMAGE
 
 log = logging.getLogger("service.gateway")
 
-STATUS: dict[str, int] = {
-    InvalidRequestError.code: 422,
-    InvalidImageError.code: 422,
-    InvalidPromptError.code: 422,
-    ImageTooLargeError.code: 413,
-    UnsupportedMediaTypeError.code: 415,
-    EmbeddingNotFoundError.code: 404,
-    UnauthorizedError.code: 401,
-    ImageUrlNotAllowedError.code: 422,
-    ImageFetchError.code: 502,
-    OverloadedError.code: 429,
-    TenantLimitError.code: 429,
-    EncoderUnavailableError.code: 503,
-    DecoderUnavailableError.code: 503,
-    CacheUnavailableError.code: 503,
-}
+#: error code -> HTTP status, from the table
+STATUS: dict[str, int] = {kind.code: kind.status for kind in error_kinds()}
 
 #: Statuses Starlette/FastAPI raise themselves → our codes. A body that cannot be
 #: parsed (bad JSON bytes, too many multipart fields) is a validation error: 422.
@@ -71,36 +57,40 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-_DESCRIPTIONS: dict[int | str, str] = {
-    401: "missing or invalid API key (`unauthorized`)",
-    404: "no cached embedding for this image that the caller's tenant uploaded "
-    "(`embedding_not_found`; another tenant's image is answered as an unknown one): send "
-    "the image again",
-    413: "body or image too large (`image_too_large`)",
-    415: "unsupported Content-Type or image format (`unsupported_media_type`)",
-    422: "invalid image, prompt or request (`invalid_image`, `invalid_prompt`, `invalid_request`)",
-    "422-fetch": "invalid image, prompt or request (`invalid_image`, `invalid_prompt`, "
-    "`invalid_request`), or an image reference the service may not fetch "
-    "(`image_url_not_allowed`)",
-    429: "the encoder queue is full, bulk work holds its share of it, or (segment "
-    "everything) as many jobs as allowed are running (`overloaded`); or the tenant's own "
-    "limit is reached (`tenant_limit`: requests per second, pending encodes); retry after "
-    "`Retry-After` seconds",
-    502: "the image could not be fetched from where the task says (`image_fetch_failed`)",
-    503: "the encoder is unavailable (`encoder_unavailable`); retry after `Retry-After` seconds",
-    "503-decode": "the encoder or the mask decoder is unavailable (`encoder_unavailable`, "
-    "`decoder_unavailable`); retry after `Retry-After` seconds",
-    "503-delete": "the shared cache could not confirm the delete on every replica "
-    "(`cache_unavailable`); retry after `Retry-After` seconds",
-}
+ErrorKinds = tuple[type[EsamError], ...]
+#: the kinds most routes share
+AUTH: ErrorKinds = (UnauthorizedError,)
+BAD_REQUEST: ErrorKinds = (InvalidRequestError,)
+BAD_INPUT: ErrorKinds = (
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidPromptError,
+    InvalidRequestError,
+)
+OVERLOAD: ErrorKinds = (OverloadedError, TenantLimitError)
+NOT_FOUND: ErrorKinds = (EmbeddingNotFoundError,)
+ENCODING: ErrorKinds = (UnsupportedMediaTypeError, EncoderUnavailableError)
+DECODING: ErrorKinds = (EncoderUnavailableError, DecoderUnavailableError)
+DELETING: ErrorKinds = (CacheUnavailableError,)
 
 
-def error_responses(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the errors a route can answer (a variant of a
-    status's description as ``"<status>-<variant>"``)."""
+def error_responses(*groups: ErrorKinds | type[EsamError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error kinds a route can raise: one per status,
+    describing each of its kinds (by code) as the table does."""
+    kinds: list[type[EsamError]] = []
+    for group in groups:
+        for kind in group if isinstance(group, tuple) else (group,):
+            if kind not in kinds:
+                kinds.append(kind)
+    by_status: dict[int, list[type[EsamError]]] = {}
+    for kind in kinds:
+        by_status.setdefault(kind.status, []).append(kind)
     return {
-        int(str(s).split("-")[0]): {"model": ErrorResponse, "description": _DESCRIPTIONS[s]}
-        for s in statuses
+        status: {
+            "model": ErrorResponse,
+            "description": "; ".join(f"{k.description} (`{k.code}`)" for k in members),
+        }
+        for status, members in sorted(by_status.items())
     }
 
 
@@ -112,16 +102,12 @@ def error_response(
 
 
 def render(exc: EsamError) -> JSONResponse:
-    status = STATUS.get(exc.code, 500)
     headers: dict[str, str] = {}
-    if isinstance(
-        exc,
-        EncoderUnavailableError | DecoderUnavailableError | OverloadedError | CacheUnavailableError,
-    ):
+    if exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"
-    return error_response(exc.code, exc.message, status, headers)
+    return error_response(exc.code, exc.message, exc.status, headers)
 
 
 def _validation_code(exc: RequestValidationError) -> str:
@@ -161,7 +147,7 @@ def _documented_methods(request: Request) -> list[str]:
 def register_error_handlers(app: FastAPI) -> None:
     async def on_esam_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EsamError)
-        level = logging.WARNING if STATUS.get(exc.code, 500) >= 500 else logging.INFO
+        level = logging.WARNING if exc.status >= 500 else logging.INFO
         log.log(level, "%s %s -> %s: %s", request.method, request.url.path, exc.code, exc.message)
         return render(exc)
 

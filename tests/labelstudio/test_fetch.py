@@ -132,7 +132,7 @@ async def test_a_slow_host_times_out_and_an_error_status_is_reported() -> None:
             await fetch(policy("127.0.0.1"), f"{server.url}/slow?s=5")
         with pytest.raises(UpstreamStatusError) as missing:
             await fetch(policy("127.0.0.1"), f"{server.url}/nothing.png")
-        assert missing.value.status == 404
+        assert missing.value.upstream_status == 404
         assert missing.value.code == "image_fetch_failed"
 
 

@@ -20,7 +20,7 @@ _REMEMBERED_DELETES = 4096
 
 
 class MemoryCache:
-    name = "l1"
+    """The in-process tier."""
 
     def __init__(self, max_bytes: int, ttl_s: float) -> None:
         self.max_bytes = max_bytes

@@ -30,7 +30,7 @@ class RedisUnavailableError(Exception):
 
 
 class RedisTier:
-    name = "redis"
+    """The shared tier on one Redis, Cluster or Sentinel-watched master."""
 
     def __init__(
         self,

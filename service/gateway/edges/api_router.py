@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Response
 
 from service.gateway.edges.protocol import EdgesRequest
 from service.gateway.edges.serving import detect_edges, edges_png
-from service.gateway.errors import error_responses
+from service.gateway.errors import AUTH, BAD_INPUT, DECODING, NOT_FOUND, OVERLOAD, error_responses
 from service.gateway.npy import NPY_MEDIA_TYPE, npy_response, wants_npy
 from service.gateway.state import State
 from service.gateway.tenancy import Tenant
@@ -29,7 +29,7 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
             "`X-Candidates` (non-empty candidates before it), `Server-Timing` (each step).",
             "content": {"image/png": _BINARY, NPY_MEDIA_TYPE: _BINARY},
         },
-        **error_responses(401, 404, 413, 422, 429, "503-decode"),
+        **error_responses(AUTH, NOT_FOUND, BAD_INPUT, OVERLOAD, DECODING),
     },
     summary="Zero-shot edge detection: an edge map from a grid of point prompts",
     description=(

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Request, Response
 from service.gateway.embed.protocol import EmbedResponse
 from service.gateway.embed.serving import embed_image
 from service.gateway.embedding_source import image_headers
-from service.gateway.errors import error_responses
+from service.gateway.errors import AUTH, BAD_INPUT, ENCODING, OVERLOAD, error_responses
 from service.gateway.images import IMAGE_REQUEST_BODY, read_image
 from service.gateway.npy import NPY_MEDIA_TYPE, npy_response, wants_npy
 from service.gateway.state import State
@@ -50,7 +50,7 @@ EMBED_LINKS = {
             "description": "JSON by default; the .npy embedding with the Accept header.",
             "links": EMBED_LINKS,
         },
-        **error_responses(401, 413, 415, 422, 429, 503),
+        **error_responses(AUTH, BAD_INPUT, OVERLOAD, ENCODING),
     },
 )
 async def embed(

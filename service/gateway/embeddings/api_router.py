@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from service.errors import EmbeddingNotFoundError
+from service.errors import EmbeddingNotFoundError, TenantLimitError
 from service.gateway.embedding_source import image_headers
-from service.gateway.errors import error_responses
+from service.gateway.errors import AUTH, BAD_REQUEST, DELETING, NOT_FOUND, error_responses
 from service.gateway.examples import EXAMPLE_IMAGE_ID
 from service.gateway.npy import NPY_RESPONSE, npy_response
 from service.gateway.protocol_types import IMAGE_ID_PATTERN
@@ -36,7 +36,7 @@ ImageId = Annotated[
     responses={
         204: {"description": "cached"},
         404: {"description": "not cached for the caller's tenant (no body)"},
-        **error_responses(401, 422),
+        **error_responses(AUTH, TenantLimitError, BAD_REQUEST),
     },
 )
 async def has_embedding(image_id: ImageId, state: State, tenant: Tenant) -> Response:
@@ -49,7 +49,7 @@ async def has_embedding(image_id: ImageId, state: State, tenant: Tenant) -> Resp
     "/{image_id}",
     response_class=Response,
     operation_id="get_embedding",
-    responses={**NPY_RESPONSE, **error_responses(401, 404, 422)},
+    responses={**NPY_RESPONSE, **error_responses(AUTH, TenantLimitError, NOT_FOUND, BAD_REQUEST)},
     summary="The cached embedding as .npy",
 )
 async def get_embedding(image_id: ImageId, state: State, tenant: Tenant) -> Response:
@@ -70,7 +70,7 @@ async def get_embedding(image_id: ImageId, state: State, tenant: Tenant) -> Resp
         "`cache_unavailable` when Redis could not confirm it. An image the tenant never "
         "uploaded answers 204 too, and changes nothing."
     ),
-    responses=error_responses(401, 422, "503-delete"),
+    responses=error_responses(AUTH, TenantLimitError, BAD_REQUEST, DELETING),
 )
 async def delete_embedding(image_id: ImageId, state: State, tenant: Tenant) -> Response:
     await state.embeddings.delete(image_id, tenant=tenant)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.gateway.errors import error_responses
+from service.gateway.errors import AUTH, BAD_INPUT, DECODING, NOT_FOUND, OVERLOAD, error_responses
 from service.gateway.everything.protocol import EverythingRequest, EverythingResponse
 from service.gateway.everything.serving import segment_everything
 from service.gateway.state import State
@@ -18,7 +18,7 @@ router = APIRouter(tags=["segmentation"])
     response_model=EverythingResponse,
     response_model_exclude_none=True,
     operation_id="segment_everything",
-    responses=error_responses(401, 404, 413, 422, 429, "503-decode"),
+    responses=error_responses(AUTH, NOT_FOUND, BAD_INPUT, OVERLOAD, DECODING),
     summary="Every object: masks from a grid of point prompts",
     description=(
         "SAM's automatic mask generation on the image's embedding (cached, or encoded "

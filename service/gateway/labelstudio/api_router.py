@@ -14,7 +14,13 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Request
 
-from service.gateway.errors import error_responses
+from service.errors import (
+    ImageFetchError,
+    ImageTooLargeError,
+    ImageUrlNotAllowedError,
+    TenantLimitError,
+)
+from service.gateway.errors import AUTH, BAD_INPUT, BAD_REQUEST, DECODING, OVERLOAD, error_responses
 from service.gateway.labelstudio.protocol import (
     HealthResponse,
     PredictRequest,
@@ -44,7 +50,7 @@ Backend = Annotated[LabelStudioBackend, Depends(get_backend)]
 @router.get(
     "/health",
     operation_id="labelstudio_health",
-    responses=error_responses(401),
+    responses=error_responses(AUTH, TenantLimitError),
     summary="Label Studio's health check (answers within its 1 s)",
 )
 async def health(backend: Backend) -> HealthResponse:
@@ -54,7 +60,7 @@ async def health(backend: Backend) -> HealthResponse:
 @router.post(
     "/setup",
     operation_id="labelstudio_setup",
-    responses=error_responses(401, 413, 422),
+    responses=error_responses(AUTH, TenantLimitError, ImageTooLargeError, BAD_REQUEST),
     summary="Label Studio connects a project: its labeling config is checked",
     description="A config the model cannot answer (no `<Image>` with a `<BrushLabels>` or "
     "`<PolygonLabels>` on it) is refused with 422 naming what is missing; nothing is "
@@ -67,7 +73,7 @@ async def setup(body: SetupRequest, backend: Backend) -> SetupResponse:
 @router.get(
     "/versions",
     operation_id="labelstudio_versions",
-    responses=error_responses(401),
+    responses=error_responses(AUTH, TenantLimitError),
     summary="The model version Label Studio lists",
 )
 async def versions(backend: Backend) -> VersionsResponse:
@@ -77,7 +83,9 @@ async def versions(backend: Backend) -> VersionsResponse:
 @router.post(
     "/predict",
     operation_id="labelstudio_predict",
-    responses=error_responses(401, 413, "422-fetch", 429, 502, "503-decode"),
+    responses=error_responses(
+        AUTH, BAD_INPUT, ImageUrlNotAllowedError, OVERLOAD, ImageFetchError, DECODING
+    ),
     summary="Masks for an annotator's clicks, or a project's tasks encoded ahead",
     description=(
         "With `params.context` (an annotator's smart KeyPointLabels / RectangleLabels): one "
@@ -96,7 +104,7 @@ async def predict(body: PredictRequest, backend: Backend, tenant: Tenant) -> Pre
 @router.post(
     "/webhook",
     operation_id="labelstudio_webhook",
-    responses=error_responses(401, 413, 422),
+    responses=error_responses(AUTH, TenantLimitError, ImageTooLargeError, BAD_REQUEST),
     summary="Label Studio's events, acknowledged and ignored (the model does not train)",
 )
 async def webhook(event: WebhookEvent) -> WebhookResponse:

@@ -152,7 +152,7 @@ class UpstreamStatusError(ImageFetchError):
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
-        self.status = status
+        self.upstream_status = status
 
 
 class ImageFetcher:

@@ -442,7 +442,7 @@ class LabelStudioBackend:
             try:
                 return await self._fetcher.get(url, headers)
             except UpstreamStatusError as exc:
-                if exc.status != 401 or not owned or attempt or self._credentials is None:
+                if exc.upstream_status != 401 or not owned or attempt or self._credentials is None:
                     raise
                 self._credentials.forget()  # an expired access token: exchange the PAT again
         raise AssertionError("unreachable")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.gateway.errors import error_responses
+from service.gateway.errors import AUTH, BAD_INPUT, DECODING, NOT_FOUND, OVERLOAD, error_responses
 from service.gateway.segment.protocol import SegmentRequest, SegmentResponse
 from service.gateway.segment.serving import segment as run_segment
 from service.gateway.state import State
@@ -18,7 +18,7 @@ router = APIRouter(tags=["segmentation"])
     response_model=SegmentResponse,
     response_model_exclude_none=True,
     operation_id="segment",
-    responses=error_responses(401, 404, 413, 422, 429, "503-decode"),
+    responses=error_responses(AUTH, NOT_FOUND, BAD_INPUT, OVERLOAD, DECODING),
     summary="Masks for point and box prompts on one image",
     description=(
         "Send `image_id` (from `/embed`) or the image itself (base64). Each prompt gets "
