@@ -108,3 +108,14 @@ class WithImage(BaseModel):
     image: Base64Image = Field(
         description="base64 of the image file (a data: URL prefix is accepted)"
     )
+
+
+# --- masks as every feature answers them ------------------------------------------
+class RleMask(BaseModel):
+    size: list[int] = Field(description="[height, width]")
+    counts: str = Field(description="COCO compressed RLE (pycocotools)")
+
+
+class Polygon(BaseModel):
+    exterior: list[list[int]] = Field(description="[[x, y], ...] boundary pixel centres")
+    holes: list[list[list[int]]] = Field(description="rings of the holes inside")

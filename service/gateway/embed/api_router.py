@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Request, Response
 
 from service.gateway.embed.protocol import EmbedResponse
-from service.gateway.embed.serving import embed_image
 from service.gateway.embedding_source import image_headers
 from service.gateway.errors import AUTH, BAD_INPUT, ENCODING, OVERLOAD, error_responses
 from service.gateway.images import IMAGE_REQUEST_BODY, read_image
@@ -56,7 +55,7 @@ EMBED_LINKS = {
 async def embed(
     request: Request, state: State, tenant: Tenant, accept: str | None = Header(default=None)
 ) -> EmbedResponse | Response:
-    result = await embed_image(state, tenant, await read_image(request))
+    result = await state.embeddings.embed(await read_image(request), tenant=tenant)
     if wants_npy(accept):
         headers = image_headers(state, result.image_id, result.embedding, result.cached)
         return npy_response(result.embedding.as_float(), headers)

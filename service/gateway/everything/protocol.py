@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Tag, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from service.core.everything import EverythingParams
 from service.gateway.examples import EXAMPLE_IMAGE_BASE64, EXAMPLE_IMAGE_ID
 from service.gateway.mask_formats import MaskFormat
 from service.gateway.protocol_types import (
@@ -15,15 +16,16 @@ from service.gateway.protocol_types import (
     WITH_IMAGE,
     ById,
     Integer,
+    Polygon,
+    RleMask,
     WithImage,
     integral,
     reject_null,
 )
-from service.gateway.segment.protocol import Polygon, RleMask
 
 #: SAM's grid; a deployment whose ESAM_MAX_EVERYTHING_PROMPTS is lower defaults to the
 #: densest grid it allows (its OpenAPI document says which)
-DEFAULT_POINTS_PER_SIDE = 32
+DEFAULT_POINTS_PER_SIDE = EverythingParams().points_per_side
 
 
 class EverythingOptions(BaseModel):

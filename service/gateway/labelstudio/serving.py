@@ -40,7 +40,6 @@ from service.errors import (
     ImageUrlNotAllowedError,
     InvalidRequestError,
 )
-from service.gateway.everything.protocol import DEFAULT_POINTS_PER_SIDE
 from service.gateway.images import decode_base64_image
 from service.gateway.labelstudio.brush_rle import encode_brush_rle
 from service.gateway.labelstudio.credentials import LabelStudioCredentials
@@ -224,7 +223,9 @@ def everything_params(settings: Settings) -> EverythingParams:
     ``ESAM_MAX_EVERYTHING_PROMPTS`` (densest ≤ 32 when not given). Refused at start-up."""
     values = dict(settings.label_studio_everything)
     limit = settings.max_everything_prompts
-    values.setdefault("points_per_side", max(1, densest_grid(limit, 0, DEFAULT_POINTS_PER_SIDE)))
+    values.setdefault(
+        "points_per_side", max(1, densest_grid(limit, 0, EverythingParams().points_per_side))
+    )
     allowed = {f.name for f in dataclasses.fields(EverythingParams)} - {"crop_n_layers"}
     unknown = sorted(set(values) - allowed)
     if unknown:

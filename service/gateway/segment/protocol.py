@@ -23,6 +23,8 @@ from service.gateway.protocol_types import (
     WITH_IMAGE,
     ById,
     Coordinate,
+    Polygon,
+    RleMask,
     WithImage,
     add_to_schema,
     integral,
@@ -138,16 +140,6 @@ SegmentRequest = Annotated[
     Annotated[SegmentByIdRequest, Tag(BY_ID)] | Annotated[SegmentWithImageRequest, Tag(WITH_IMAGE)],
     ONE_IMAGE,
 ]
-
-
-class RleMask(BaseModel):
-    size: list[int] = Field(description="[height, width]")
-    counts: str = Field(description="COCO compressed RLE (pycocotools)")
-
-
-class Polygon(BaseModel):
-    exterior: list[list[int]] = Field(description="[[x, y], ...] boundary pixel centres")
-    holes: list[list[list[int]]] = Field(description="rings of the holes inside")
 
 
 class Logits(BaseModel):
