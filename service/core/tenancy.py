@@ -60,7 +60,9 @@ def parse_keys(entries: Iterable[str]) -> list[ApiKey]:
                 "and '-', at most 32 characters"
             )
         elif len(key) < MIN_KEY_LENGTH:
-            problems.append(f"entry {position}: every API key must be at least 16 characters")
+            problems.append(
+                f"entry {position}: every API key must be at least {MIN_KEY_LENGTH} characters"
+            )
         else:
             keys.append(ApiKey(tenant, key))
     if problems:
@@ -87,6 +89,11 @@ _tenant: ContextVar[str] = ContextVar("esam_tenant", default=DEFAULT_TENANT)
 
 def current_priority() -> Priority:
     return _priority.get()
+
+
+def current_rank() -> int:
+    """The request's :data:`PRIORITY_RANK` (the batch queue's rank, Triton's level)."""
+    return PRIORITY_RANK[_priority.get()]
 
 
 def current_tenant() -> str:
@@ -143,8 +150,10 @@ class PrioritySlots:
         return self._bulk_busy
 
     def locked(self, priority: Priority = "interactive") -> bool:
-        """A request at ``priority`` would have to wait."""
-        return not self._free(priority) or bool(self._waiters["interactive"])
+        """A request at ``priority`` would have to wait: no slot it may take is free, or
+        requests it must not overtake are waiting (interactive ones; for bulk, bulk too)."""
+        ahead = self._waiters["interactive"] or (priority == "bulk" and self._waiters["bulk"])
+        return not self._free(priority) or bool(ahead)
 
     def _free(self, priority: Priority) -> bool:
         if self._busy >= self.total:
@@ -186,8 +195,7 @@ class PrioritySlots:
                 future.set_result(None)
 
     async def _acquire(self, priority: Priority) -> None:
-        ahead = self._waiters["interactive"] or (priority == "bulk" and self._waiters["bulk"])
-        if self._free(priority) and not ahead:
+        if not self.locked(priority):
             self._take(priority)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

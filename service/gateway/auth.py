@@ -107,6 +107,7 @@ class KeyTable:
         self._checked_at = 0.0
         self._version: tuple[int, int, int] | None = None
         self._from_file: list[ApiKey] = []
+        self._all = self._static
         if file is not None:
             self._reload()
 
@@ -117,10 +118,7 @@ class KeyTable:
     def keys(self) -> list[ApiKey]:
         if self._file is not None and time.monotonic() - self._checked_at >= self._recheck_s:
             self._reload()
-        return self._static + self._from_file
-
-    def tenants(self) -> set[str]:
-        return {k.tenant for k in self.keys()} or {DEFAULT_TENANT}
+        return self._all
 
     def _reload(self) -> None:
         assert self._file is not None
@@ -140,6 +138,7 @@ class KeyTable:
         if keys != self._from_file:
             log.info("API keys file %s loaded: %d key(s)", self._file, len(keys))
         self._from_file = keys
+        self._all = self._static + keys
 
 
 def tenant_of(scope: Scope) -> str:

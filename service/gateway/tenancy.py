@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated, get_args
+from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.core.metrics import Metrics
-from service.core.tenancy import Priority, priority_scope
+from service.core.tenancy import PRIORITIES, priority_scope
 from service.errors import InvalidRequestError, TenantLimitError
 from service.gateway.auth import is_open, tenant_of
 from service.gateway.errors import render
@@ -31,7 +31,7 @@ from service.settings import Settings
 
 PRIORITY_HEADER = "X-Priority"
 _PRIORITY_HEADER = PRIORITY_HEADER.lower().encode()
-_PRIORITIES = {p.encode(): p for p in get_args(Priority)}
+_PRIORITIES = {p.encode(): p for p in PRIORITIES}
 
 
 class TokenBucket:

@@ -80,9 +80,16 @@ class MemoryCache:
         self._tenants[key] = held
         self._bytes += size
 
+    def get_for(self, key: str, tenant: str) -> Embedding | None:
+        """The (live) entry ``key`` if ``tenant`` is noted as holding it."""
+        embedding = self.get(key)
+        if embedding is None or tenant not in self._tenants.get(key, ()):
+            return None
+        return embedding
+
     def holds(self, key: str, tenant: str) -> bool:
         """Whether ``tenant`` is noted as holding the (live) entry ``key``."""
-        return self.get(key) is not None and tenant in self._tenants.get(key, ())
+        return self.get_for(key, tenant) is not None
 
     def grant(self, key: str, tenant: str) -> None:
         """Note that ``tenant`` holds ``key`` (no-op when the entry is not here)."""

@@ -101,9 +101,10 @@ class EmbeddingCache:
 
     async def get_for(self, key: str, tenant: str) -> Embedding | None:
         """The entry, if ``tenant`` holds it (else None, exactly as for an unknown key)."""
-        if self.l1.holds(key, tenant):
+        local = self.l1.get_for(key, tenant)
+        if local is not None:
             self._metrics.cache_lookups.labels("l1", "hit").inc()
-            return self.l1.get(key)
+            return local
         self._metrics.cache_lookups.labels("l1", "miss").inc()
         if self.redis is None or not self.redis.available:
             return None

@@ -55,7 +55,7 @@ from service.core.encoders.triton_pool import TritonEncoder
 from service.core.everything import Box, EverythingParams, Proposal
 from service.core.metrics import Metrics
 from service.core.request_context import current_request_id
-from service.core.tenancy import PRIORITY_RANK, current_priority
+from service.core.tenancy import current_rank
 from service.core.tracing import trace_headers, tracer
 from service.errors import DecoderUnavailableError, OverloadedError
 from service.model.masks import compress_rle, counts_area_bbox
@@ -383,7 +383,7 @@ class TritonDecoder:
                 parameters=parameters,
                 request_id=current_request_id(default=""),
                 headers=trace_headers() or None,
-                priority=PRIORITY_RANK[current_priority()],
+                priority=current_rank(),
             ),
             remaining,
         )

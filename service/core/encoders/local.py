@@ -14,7 +14,7 @@ from opentelemetry import trace
 from service.core.batching import Batcher
 from service.core.encoders.base import EncodedImage
 from service.core.metrics import Metrics
-from service.core.tenancy import PRIORITY_RANK, current_priority
+from service.core.tenancy import current_rank
 from service.errors import EncoderUnavailableError
 from service.model import EfficientSam, Precision
 from service.model.preprocess import ImageHeader, load_for_model
@@ -81,7 +81,7 @@ class LocalEncoder:
         start = time.perf_counter()
         pixels = await loop.run_in_executor(self._decode_pool, self._decode, data)
         decoded = time.perf_counter()
-        embedding = await self._batcher.submit(pixels, rank=PRIORITY_RANK[current_priority()])
+        embedding = await self._batcher.submit(pixels, rank=current_rank())
         span.set_attributes(
             {
                 "esam.image_decode_ms": round((decoded - start) * 1e3, 2),

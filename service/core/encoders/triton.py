@@ -33,7 +33,7 @@ from service.core.encoders.base import EncodedImage
 from service.core.encoders.triton_shm import OutputRegion, OutputRegions
 from service.core.metrics import Metrics
 from service.core.request_context import current_request_id
-from service.core.tenancy import PRIORITY_RANK, current_priority
+from service.core.tenancy import current_rank
 from service.core.tracing import trace_headers
 from service.errors import EncoderUnavailableError, InvalidImageError
 
@@ -262,7 +262,7 @@ class TritonEndpoint:
                 request_id=current_request_id(default=""),
                 headers=trace_headers() or None,
                 # bulk work queues behind annotators' in Triton's batcher (priority_levels)
-                priority=PRIORITY_RANK[current_priority()],
+                priority=current_rank(),
             )
         except BaseException as exc:
             if regions is not None and region is not None:
