@@ -120,7 +120,7 @@ class Metrics:
         )
         self.redis_errors = Counter(
             "esam_redis_errors_total",
-            "Redis operations that failed, by operation.",
+            "Redis operations that failed, by operation (get, set, holds, grant, delete).",
             ["op"],
             registry=r,
         )

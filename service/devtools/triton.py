@@ -304,9 +304,19 @@ class LocalTriton:
     def metrics_text(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
 
-    def counter(self, metric: str, model: str = MODEL) -> float:
-        """One of Triton's per-model counters (``nv_inference_exec_count``, ...)."""
-        return sample_sum(self.metrics_text(), metric, model=model)
+    def counter(self, metric: str, model: str = MODEL, settle_s: float = 5.0) -> float:
+        """One of Triton's per-model counters (``nv_inference_exec_count``, ...), once it
+        holds still: Triton counts a request when it releases it, which can be just after
+        its client has the answer (two reads 0.15 s apart agree, or ``settle_s`` passed)."""
+        value = sample_sum(self.metrics_text(), metric, model=model)
+        deadline = time.monotonic() + settle_s
+        while time.monotonic() < deadline:
+            time.sleep(0.15)
+            again = sample_sum(self.metrics_text(), metric, model=model)
+            if again == value:
+                break
+            value = again
+        return value
 
 
 def grpc_request_of(infer_input: Any, outputs: list[Any], model: str = ENSEMBLE) -> Any:

@@ -73,6 +73,15 @@ class Gateway:
         value = self.state.metrics.registry.get_sample_value(name, labels or {})
         return float(value or 0.0)
 
+    def metric_sum(self, name: str) -> float:
+        """``name`` summed over all its label values (e.g. Redis errors of every operation)."""
+        return sum(
+            sample.value
+            for family in self.state.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == name
+        )
+
     @property
     def encodes(self) -> float:
         return self.metric("esam_encoder_images_total")

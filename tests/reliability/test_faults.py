@@ -58,10 +58,8 @@ async def test_redis_killed_mid_load_loses_no_request(
         await asyncio.sleep(4.0)
         private_redis.start()
         result = await load
-        errors = gw.metric("esam_redis_errors_total", {"op": "get"}) + gw.metric(
-            "esam_redis_errors_total", {"op": "set"}
-        )
-        assert errors >= 1  # the outage really happened during the run
+        # the outage really happened during the run, whichever operation met it first
+        assert gw.metric_sum("esam_redis_errors_total") >= 1
         # after Redis came back (empty), the shared tier is written again
         response = await gw.client.post(
             "/embed", content=jpeg_image(999, (320, 240)), headers={"Content-Type": "image/jpeg"}
