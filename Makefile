@@ -64,10 +64,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 weights: $(STAMP)  ## download and verify the official checkpoint (VARIANT=ti|s)
-	$(BIN)/python -m service.model.weights $(VARIANT)
+	$(BIN)/python -m service.fetch_weights $(VARIANT)
 
 triton: $(STAMP)  ## local CPU Triton with the encoder (ESAM_CHECKPOINT; TRITON_HTTP_PORT/GRPC_PORT/METRICS_PORT, default 8000-8002)
-	$(BIN)/python -m service.devtools.triton
+	$(BIN)/python -m devtools.triton
 
 onnx: $(STAMP)  ## export the encoder for the onnxruntime/TensorRT Triton model (ESAM_CHECKPOINT)
 	$(BIN)/python -m service.model.onnx_export --checkpoint "$${ESAM_CHECKPOINT:?set ESAM_CHECKPOINT}" \

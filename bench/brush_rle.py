@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.devtools.label_studio import ensure_venv
+from devtools.label_studio import ensure_venv
 from service.gateway.labelstudio.brush_rle import encode_brush_rle
 
 BASELINE = """

@@ -1,6 +1,6 @@
 """Capacity model: GPUs, gateway replicas, Redis memory and bandwidth for a target load.
 
-The model is ``service/devtools/capacity.py``; ``docs/capacity.md`` explains it.
+The model is ``devtools/capacity.py``; ``docs/capacity.md`` explains it.
 
     python bench/capacity.py                        # the table: 1k / 10k / 100k annotators, A100 / H100
     python bench/capacity.py --annotators 2500 --gpu H100 --seconds-per-image 45
@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from service.devtools.benchmarking import drive
-from service.devtools.capacity import (
+from devtools.benchmarking import drive
+from devtools.capacity import (
     RECORD_BYTES,
     REDIS_BYTES_PER_EMBEDDING,
     GiB,
@@ -37,9 +37,9 @@ from service.devtools.capacity import (
     plan,
     saturated_opens_per_s,
 )
-from service.devtools.loadgen import LoadConfig, jpeg_image, random_prompt, run_load
-from service.devtools.loadgen import plan as load_plan
-from service.devtools.stack import local_stack
+from devtools.loadgen import LoadConfig, jpeg_image, random_prompt, run_load
+from devtools.loadgen import plan as load_plan
+from devtools.stack import local_stack
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))

@@ -16,7 +16,7 @@ clicks of one foreground point, multimask, COCO RLE. Reported:
 * requests per decoder execution with ``--concurrency`` annotators clicking their own
   images at once (Triton's ``nv_inference_count`` / ``nv_inference_exec_count``);
 * the Triton path's gateway CPU per click against a stand-in decoder that answers three
-  discs at once (``service/devtools/stand_in_decoder.py``): the fixture's random weights
+  discs at once (``devtools/stand_in_decoder.py``): the fixture's random weights
   make every mask a 250,000-run speckle (0.75 MB of RLE per click), a real object's mask
   has hundreds of runs, and the gateway's remaining work per click is per run.
 
@@ -38,12 +38,12 @@ from typing import Any
 
 import httpx
 
-from service.devtools.benchmarking import cpu_seconds, photo_jpeg
-from service.devtools.gateway_process import GatewayProcess
-from service.devtools.prometheus import sample_sum
-from service.devtools.redis_server import free_port
-from service.devtools.triton import LocalTriton
-from service.devtools.triton_config import DECODER
+from devtools.benchmarking import cpu_seconds, photo_jpeg
+from devtools.gateway_process import GatewayProcess
+from devtools.prometheus import sample_sum
+from devtools.redis_server import free_port
+from devtools.triton import LocalTriton
+from devtools.triton_config import DECODER
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))

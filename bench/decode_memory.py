@@ -1,6 +1,6 @@
 """Peak memory of decoding large images, before (full-resolution float32) and after (bands).
 
-Each row is a fresh Python process (``service.devtools.peak_memory``): the growth of its
+Each row is a fresh Python process (``devtools.peak_memory``): the growth of its
 resident set from just before the images are decoded to its peak (the kernel's
 ``VmHWM``, reset first), the inputs for the encoder held as while awaiting encode.
 
@@ -13,7 +13,7 @@ import json
 import platform
 from pathlib import Path
 
-from service.devtools.peak_memory import measure, photo_like
+from devtools.peak_memory import measure, photo_like
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "build" / "bench"

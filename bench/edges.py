@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from devtools.benchmarking import photo_jpeg
 from service.core.edges import EdgeParams, edge_map
 from service.core.everything import Crop, EverythingParams, segment_everything
-from service.devtools.benchmarking import photo_jpeg
 from service.model import EfficientSam, load_named
 from service.model.preprocess import decode_image, resize_to_model
 

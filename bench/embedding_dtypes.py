@@ -35,10 +35,10 @@ import numpy as np
 import redis
 import torch
 
+from devtools.benchmarking import photo_jpeg
 from service.core.decoders import DecodeRequest, LocalDecoder
 from service.core.embedding import EMBEDDING_DTYPES, Embedding, EmbeddingDtype
 from service.core.metrics import Metrics
-from service.devtools.benchmarking import photo_jpeg
 from service.model import EfficientSam, load_named, random_model
 from service.model.masks import upsample_masks
 from service.model.preprocess import decode_image, resize_to_model

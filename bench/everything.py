@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from devtools.benchmarking import sync
+from devtools.peak_memory import reset_peak, status_mb
 from service.core.everything import Crop, EverythingParams, segment_everything
-from service.devtools.benchmarking import sync
-from service.devtools.peak_memory import reset_peak, status_mb
 from service.model import EfficientSam, load_model
 from service.model.prompt_encoder import LABEL_PADDING
 

@@ -31,9 +31,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from service.devtools.gateway_process import GatewayProcess
-from service.devtools.redis_server import RedisServer, free_port
-from service.devtools.triton import LocalTriton
+from devtools.gateway_process import GatewayProcess
+from devtools.redis_server import RedisServer, free_port
+from devtools.triton import LocalTriton
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))

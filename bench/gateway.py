@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from devtools.gateway_process import GatewayProcess
+from devtools.redis_server import free_port
 from service.core.decoders import DecodeRequest, LocalDecoder
 from service.core.embedding import Embedding
 from service.core.loading import load_serving_model
 from service.core.metrics import Metrics
-from service.devtools.gateway_process import GatewayProcess
-from service.devtools.redis_server import free_port
 from service.model.preprocess import decode_image, resize_to_model
 from service.model.prompts import Prompt, prompts_to_arrays
 

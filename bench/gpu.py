@@ -42,19 +42,19 @@ import numpy as np
 import torch
 from tritonclient.utils import np_to_triton_dtype
 
-from service.core.decoders.triton import embedding_inputs
-from service.core.embedding import Embedding, EmbeddingDtype
-from service.core.loading import load_serving_model
-from service.devtools.benchmarking import (
+from devtools.benchmarking import (
     as_baseline,
     bytes_input,
     drive,
     photo_jpeg,
     time_encoder,
 )
-from service.devtools.redis_server import free_port
-from service.devtools.triton import LocalTriton
-from service.devtools.triton_config import DECODER, ENSEMBLE, MODEL
+from devtools.redis_server import free_port
+from devtools.triton import LocalTriton
+from devtools.triton_config import DECODER, ENSEMBLE, MODEL
+from service.core.decoders.triton import embedding_inputs
+from service.core.embedding import Embedding, EmbeddingDtype
+from service.core.loading import load_serving_model
 from service.model import Precision, Variant, random_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from service.devtools.gateway_process import GatewayProcess
+from devtools.gateway_process import GatewayProcess
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))

@@ -1,6 +1,6 @@
 """Load against the full local stack: gateway + local Triton + a real Redis.
 
-Simulated annotators (``service.devtools.loadgen``) upload images and send
+Simulated annotators (``devtools.loadgen``) upload images and send
 bursts of prompts, sometimes returning to earlier images. Reports throughput,
 p50/p95/p99 per route, error rate, cache hit ratio (from the gateway's
 metrics) and encoder batch sizes (from Triton's metrics). Bounded: a fixed
@@ -30,11 +30,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.devtools.loadgen import LoadConfig, run_load
-from service.devtools.prometheus import sample_sum
-from service.devtools.redis_server import RedisServer
-from service.devtools.stack import local_stack
-from service.devtools.triton_config import MODEL
+from devtools.loadgen import LoadConfig, run_load
+from devtools.prometheus import sample_sum
+from devtools.redis_server import RedisServer
+from devtools.stack import local_stack
+from devtools.triton_config import MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))

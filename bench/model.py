@@ -1,7 +1,7 @@
 """Encoder and decoder speed of the project's model against a float32 baseline.
 
 The baseline is the same network with the reference's explicit-softmax
-attention (``service.devtools.benchmarking``), run in float32 on the same machine in the
+attention (``devtools.benchmarking``), run in float32 on the same machine in the
 same process; the two are timed alternately so that machine noise hits both.
 
     python bench/model.py                       # CPU: Ti, encoder batch 1, decoder 1 and 8 prompts
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from service.devtools.benchmarking import as_baseline, sync
+from devtools.benchmarking import as_baseline, sync
 from service.model import Precision, random_model
 
 

@@ -30,9 +30,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from service.devtools.prometheus import sample_sum
-from service.devtools.stack import local_stack
-from service.devtools.triton_config import MODEL
+from devtools.prometheus import sample_sum
+from devtools.stack import local_stack
+from devtools.triton_config import MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))

@@ -38,10 +38,10 @@ from typing import Any
 
 import httpx
 
-from service.devtools.benchmarking import photo_jpeg
-from service.devtools.gateway_process import GatewayProcess
-from service.devtools.redis_server import free_port
-from service.devtools.triton import LocalTriton
+from devtools.benchmarking import photo_jpeg
+from devtools.gateway_process import GatewayProcess
+from devtools.redis_server import free_port
+from devtools.triton import LocalTriton
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("ESAM_FIXTURES_DIR", REPO.parent / "shared" / "fixtures"))

@@ -1,7 +1,7 @@
 """Encoder throughput and latency against concurrency, directly against Triton and
 through the gateway, with requests per model execution (dynamic batching).
 
-Starts a local Triton on CPU (``service.devtools.triton``: the CPU configs derived
+Starts a local Triton on CPU (``devtools.triton``: the CPU configs derived
 from the production ones) and, for the gateway rows, the real gateway (``python -m
 service`` with ``ESAM_ENCODER=triton``). Every request carries a new 1080p JPEG, so
 nothing is served from a cache. In one run:
@@ -36,11 +36,11 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
 
-from service.devtools.benchmarking import bytes_input, cpu_seconds, drive, photo_jpeg
-from service.devtools.gateway_process import GatewayProcess
-from service.devtools.redis_server import free_port
-from service.devtools.triton import LocalTriton, grpc_request_of
-from service.devtools.triton_config import ENSEMBLE, MODEL
+from devtools.benchmarking import bytes_input, cpu_seconds, drive, photo_jpeg
+from devtools.gateway_process import GatewayProcess
+from devtools.redis_server import free_port
+from devtools.triton import LocalTriton, grpc_request_of
+from devtools.triton_config import ENSEMBLE, MODEL
 from service.model.preprocess import load_for_model
 
 REPO = Path(__file__).resolve().parents[1]

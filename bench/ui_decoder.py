@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import expect, sync_playwright
 
-from service.devtools.gateway_process import GatewayProcess
+from devtools.gateway_process import GatewayProcess
 from service.gateway.ui.browser_decoder import available
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,8 +24,11 @@ RUN pip install --no-deps . \
 COPY model_repository /models
 COPY docker/triton-serve.sh /usr/local/bin/triton-serve
 # The CPU configurations for laptops (docker-compose.cpu.yml), derived from the
-# production config.pbtxt files by the same code as `make triton`.
-RUN python -m service.devtools.triton_config --repository /models \
+# production config.pbtxt files by the same code as `make triton` (one dev-tooling script,
+# run at build time and removed: the image carries no dev tooling).
+COPY devtools/triton_config.py /tmp/triton_config.py
+RUN python /tmp/triton_config.py --repository /models \
+    && rm /tmp/triton_config.py \
     && chown -R 1000:1000 /models
 
 # triton-server (uid 1000 in the NGC image)

@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.core.cache.redis_client import RedisTarget, redis_urls
 from service.core.embedding import EmbeddingDtype
+from service.core.encoders.triton_targets import parse_targets
 from service.core.tenancy import TENANT_PATTERN, parse_keys, split_entries
 from service.model import Precision, Variant
 
 #: Pillow refuses images above 2 × 89.5 MP outright; stay below that.
 PIXEL_HARD_LIMIT = 178_000_000
 MiB = 1 << 20
-_TRITON_TARGET = re.compile(r"^((grpc|http)://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
 
 
 def _split_csv(value: object) -> object:
@@ -42,12 +42,15 @@ class TenantLimits(BaseModel):
     pending_encodes: int | None = Field(default=None, ge=0, le=100_000)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="ESAM_", extra="ignore", frozen=True, populate_by_name=True
-    )
+def _device(device: str) -> str:
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError("must be 'cpu' or 'cuda[:N]'")
+    return device
 
-    # --- model ---------------------------------------------------------------
+
+class ModelSettings(BaseModel):
+    """The checkpoint: which one, and where the official one is downloaded."""
+
     variant: Variant | None = Field(
         default=None, description="ti or s; inferred from the checkpoint when unset."
     )
@@ -59,9 +62,14 @@ class Settings(BaseSettings):
     weights_dir: Path | None = Field(
         default=None,
         description="Where the official checkpoint is downloaded when ESAM_CHECKPOINT is "
-        "unset (and where `python -m service.model.weights` puts it); default: the user "
+        "unset (and where `python -m service.fetch_weights` puts it); default: the user "
         "cache directory.",
     )
+
+
+class EncoderSettings(BaseModel):
+    """The image encoder: in this process or in Triton, and its budget of pending encodes."""
+
     encoder: Literal["local", "triton"] = "local"
     encoder_device: str = "cpu"
     encoder_precision: Precision = "fp32"
@@ -80,6 +88,24 @@ class Settings(BaseSettings):
         description="Full-resolution image decodes at once (each holds its decoded image).",
     )
     encode_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @field_validator("encoder_device")
+    @classmethod
+    def _encoder_device(cls, device: str) -> str:
+        return _device(device)
+
+    @model_validator(mode="after")
+    def _precision_for_the_device(self) -> Self:
+        if self.encoder_precision != "fp32" and self.encoder_device == "cpu":
+            raise ValueError(
+                "encoder_precision: reduced precision is for GPUs; use fp32 with encoder_device=cpu"
+            )
+        return self
+
+
+class DecoderSettings(BaseModel):
+    """The mask decoder (clicks, segment everything, edges): where it runs, its limits."""
+
     decoder: Literal["local", "triton"] = Field(
         default="local",
         description="Where clicks are decoded: `local` (this process, ESAM_DECODER_DEVICE) or "
@@ -135,6 +161,16 @@ class Settings(BaseSettings):
         description="Memory for the full-size logits of one segment-everything job: "
         "candidates are upsampled in chunks that fit it.",
     )
+
+    @field_validator("decoder_device")
+    @classmethod
+    def _decoder_device(cls, device: str) -> str:
+        return _device(device)
+
+
+class TritonSettings(BaseModel):
+    """The Triton servers that the encoder (and the Triton decoder) run in."""
+
     triton_url: str = Field(
         default="grpc://127.0.0.1:8001",
         description="One or more comma-separated grpc://host:port (or http://); a host name "
@@ -150,7 +186,17 @@ class Settings(BaseSettings):
     )
     triton_resolve_s: float = Field(default=10.0, ge=0.5, le=3600)
 
-    # --- cache ---------------------------------------------------------------
+    @field_validator("triton_url")
+    @classmethod
+    def _triton_targets(cls, urls: str) -> str:
+        parse_targets(urls)  # the Triton client's own parser
+        return urls
+
+
+class CacheSettings(BaseModel):
+    """The embedding cache: the in-process LRU, Redis (standalone, Cluster, Sentinel), and
+    the precision embeddings are stored in."""
+
     cache: Literal["memory", "redis"] = "memory"
     redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
     redis_url: str = Field(
@@ -185,12 +231,32 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(default=24 * 3600, ge=1, le=30 * 24 * 3600)
     memory_cache_mb: int = Field(default=256, ge=0, le=1 << 20)
 
-    # --- limits ----------------------------------------------------------------
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_urls(cls, url: str) -> str:
+        redis_urls(url)  # the cache's own parser (the mode is checked with RedisTarget.parse)
+        return url
+
+    @model_validator(mode="after")
+    def _redis_target(self) -> Self:
+        try:
+            RedisTarget.parse(self.redis_mode, self.redis_url, self.redis_sentinel_master)
+        except ValueError as exc:
+            raise ValueError(f"ESAM_REDIS_URL: {exc}") from exc
+        return self
+
+
+class LimitSettings(BaseModel):
+    """What one request may send."""
+
     max_image_bytes: int = Field(default=32 * MiB, ge=1024, le=1 << 30)
     max_image_pixels: int = Field(default=50_000_000, ge=1, le=PIXEL_HARD_LIMIT)
     max_prompts: int = Field(default=64, ge=1, le=4096)
 
-    # --- HTTP ------------------------------------------------------------------
+
+class TenancySettings(BaseModel):
+    """API keys and their tenants, per-tenant limits, the interactive share."""
+
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         repr=False,
@@ -238,6 +304,60 @@ class Settings(BaseSettings):
         "decoder's slots kept for interactive requests: bulk ones (`X-Priority: bulk`) may "
         "hold the rest only (at least one).",
     )
+
+    _split_keys = field_validator("api_keys", mode="before")(_split_csv)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _strong_keys(cls, keys: list[str]) -> list[str]:
+        parse_keys(keys)  # the parser the gateway uses
+        return keys
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+        try:
+            parse_keys(split_entries(text))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        return path
+
+    @field_validator("tenant_limits")
+    @classmethod
+    def _tenant_names(cls, limits: dict[str, TenantLimits]) -> dict[str, TenantLimits]:
+        bad = [name for name in limits if not TENANT_PATTERN.match(name)]
+        if bad:
+            raise ValueError(f"not tenant names (lowercase letters, digits, '-'): {bad}")
+        return limits
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests need an API key (keys listed, or a keys file named)."""
+        return bool(self.api_keys) or self.api_keys_file is not None
+
+    def limits_for(self, tenant: str) -> TenantLimits:
+        """``tenant``'s limits: its ESAM_TENANT_LIMITS entry over the defaults (0: none)."""
+        own = self.tenant_limits.get(tenant, TenantLimits())
+        rps = self.tenant_rps if own.rps is None else own.rps
+        burst = self.tenant_burst if own.burst is None else own.burst
+        return TenantLimits(
+            rps=rps,
+            burst=burst or max(1, int(2 * rps)),
+            pending_encodes=(
+                self.tenant_pending_encodes if own.pending_encodes is None else own.pending_encodes
+            ),
+        )
+
+
+class HttpSettings(BaseModel):
+    """The HTTP server: address, CORS, the demo page, graceful shutdown."""
+
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     ui: bool | None = Field(
         default=None,
@@ -261,7 +381,12 @@ class Settings(BaseSettings):
         "cancelled (keep it under Kubernetes' terminationGracePeriodSeconds minus preStop).",
     )
 
-    # --- Label Studio ML backend (/labelstudio) and fetching images by URL ------------
+    _split_origins = field_validator("cors_origins", mode="before")(_split_csv)
+
+
+class LabelStudioSettings(BaseModel):
+    """Label Studio's ML backend (/labelstudio) and fetching images by URL."""
+
     label_studio_url: str | None = Field(
         default=None,
         pattern=r"^https?://[^/\s]+(/\S*)?$",
@@ -299,14 +424,19 @@ class Settings(BaseSettings):
         "*.example.com, IP addresses or CIDRs (only a named address may be non-public).",
     )
     fetch_timeout_s: float = Field(default=10, gt=0, le=300)
+
+    _split_hosts = field_validator("fetch_allowed_hosts", mode="before")(_split_csv)
+
+
+class ObservabilitySettings(BaseModel):
+    """Logs, and tracing by the standard OpenTelemetry variables (the SDK reads the rest)."""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="json: one object per line (time, level, logger, message, request id, "
         "trace and span ids), uvicorn's access log included.",
     )
-
-    # --- tracing: the standard OpenTelemetry variables (the SDK reads the rest itself) ---
     otel_traces_exporter: str = Field(
         default="",
         validation_alias="OTEL_TRACES_EXPORTER",
@@ -322,75 +452,39 @@ class Settings(BaseSettings):
     )
     otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
 
-    _split_lists = field_validator(
-        "api_keys", "cors_origins", "fetch_allowed_hosts", mode="before"
-    )(_split_csv)
+    @property
+    def trace_exporters(self) -> list[str]:
+        """The span exporters to install; empty: tracing off (the default)."""
+        if self.otel_sdk_disabled:
+            return []
+        names = [n.strip() for n in self.otel_traces_exporter.split(",") if n.strip()]
+        if not names:
+            return ["otlp"] if self.otel_exporter_otlp_endpoint else []
+        return [n for n in dict.fromkeys(names) if n != "none"]
 
-    @field_validator("api_keys")
-    @classmethod
-    def _strong_keys(cls, keys: list[str]) -> list[str]:
-        parse_keys(keys)  # the parser the gateway uses
-        return keys
 
-    @field_validator("api_keys_file")
-    @classmethod
-    def _keys_file(cls, path: Path | None) -> Path | None:
-        if path is None:
-            return None
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read {path}: {exc}") from exc
-        try:
-            parse_keys(split_entries(text))
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
-        return path
+class Settings(
+    ModelSettings,
+    EncoderSettings,
+    DecoderSettings,
+    TritonSettings,
+    CacheSettings,
+    LimitSettings,
+    TenancySettings,
+    HttpSettings,
+    LabelStudioSettings,
+    ObservabilitySettings,
+    BaseSettings,
+):
+    """Every setting, one group per concern (the groups above; a component that needs one
+    concern only may take its group as its type). The names stay flat ``ESAM_*``."""
 
-    @field_validator("tenant_limits")
-    @classmethod
-    def _tenant_names(cls, limits: dict[str, TenantLimits]) -> dict[str, TenantLimits]:
-        bad = [name for name in limits if not TENANT_PATTERN.match(name)]
-        if bad:
-            raise ValueError(f"not tenant names (lowercase letters, digits, '-'): {bad}")
-        return limits
-
-    @field_validator("triton_url")
-    @classmethod
-    def _triton_targets(cls, urls: str) -> str:
-        entries = [u.strip() for u in urls.split(",") if u.strip()]
-        bad = [u for u in entries if not _TRITON_TARGET.match(u)]
-        if not entries or bad:
-            raise ValueError(f"expected grpc://host:port or http://host:port, got {bad or urls!r}")
-        if len({u.partition("://")[0] if "://" in u else "grpc" for u in entries}) > 1:
-            raise ValueError("use one scheme (grpc:// or http://) for every Triton address")
-        return urls
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, url: str) -> str:
-        entries = [u.strip() for u in url.split(",") if u.strip()]
-        if not entries or not all(
-            u.startswith(("redis://", "rediss://", "unix://")) for u in entries
-        ):
-            raise ValueError("each URL must start with redis://, rediss:// or unix://")
-        return url
-
-    @field_validator("encoder_device", "decoder_device")
-    @classmethod
-    def _device(cls, device: str) -> str:
-        if device != "cpu" and not device.startswith("cuda"):
-            raise ValueError("must be 'cpu' or 'cuda[:N]'")
-        return device
+    model_config = SettingsConfigDict(
+        env_prefix="ESAM_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     @model_validator(mode="after")
-    def _consistent(self) -> Settings:
-        if self.encoder_precision != "fp32" and self.encoder_device == "cpu":
-            raise ValueError(
-                "encoder_precision: reduced precision is for GPUs; use fp32 with encoder_device=cpu"
-            )
-        if self.redis_mode == "standalone" and "," in self.redis_url:
-            raise ValueError("redis_url: several URLs need ESAM_REDIS_MODE=cluster or sentinel")
+    def _consistent(self) -> Self:
         if "*" in self.cors_origins and self.auth_enabled:
             raise ValueError("cors_origins: '*' together with api_keys would expose keyed routes")
         return self
@@ -403,36 +497,8 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def auth_enabled(self) -> bool:
-        """Whether requests need an API key (keys listed, or a keys file named)."""
-        return bool(self.api_keys) or self.api_keys_file is not None
-
-    def limits_for(self, tenant: str) -> TenantLimits:
-        """``tenant``'s limits: its ESAM_TENANT_LIMITS entry over the defaults (0: none)."""
-        own = self.tenant_limits.get(tenant, TenantLimits())
-        rps = self.tenant_rps if own.rps is None else own.rps
-        burst = self.tenant_burst if own.burst is None else own.burst
-        return TenantLimits(
-            rps=rps,
-            burst=burst or max(1, int(2 * rps)),
-            pending_encodes=(
-                self.tenant_pending_encodes if own.pending_encodes is None else own.pending_encodes
-            ),
-        )
-
-    @property
     def ui_enabled(self) -> bool:
         return self.ui if self.ui is not None else self.encoder == "local"
-
-    @property
-    def trace_exporters(self) -> list[str]:
-        """The span exporters to install; empty: tracing off (the default)."""
-        if self.otel_sdk_disabled:
-            return []
-        names = [n.strip() for n in self.otel_traces_exporter.split(",") if n.strip()]
-        if not names:
-            return ["otlp"] if self.otel_exporter_otlp_endpoint else []
-        return [n for n in dict.fromkeys(names) if n != "none"]
 
     @property
     def lock_wait(self) -> float:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.devtools import redis_server
-from service.devtools.redis_server import free_port, redis_answers
+from devtools import redis_server
+from devtools.redis_server import free_port, redis_answers
 
 __all__ = ["RedisServer", "free_port", "redis_answers", "stored_record"]
 

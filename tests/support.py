@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from service.devtools.label_studio import sdk_call
+from devtools.label_studio import sdk_call
 from tests.conftest import Fixture
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SERVICE = Path(__file__).resolve().parents[1] / "service"
+REPO = Path(__file__).resolve().parents[1]
+SERVICE = REPO / "service"
 GATEWAY = SERVICE / "gateway"
 FEATURES = sorted(p.name for p in GATEWAY.iterdir() if (p / "__init__.py").exists())
 
@@ -48,20 +49,29 @@ def test_core_never_imports_the_gateway() -> None:
     assert offenders(SERVICE / "core", ("service.gateway",)) == []
 
 
-#: the one exception left: the download command's default folder is the gateway's own
-#: setting (ESAM_WEIGHTS_DIR), read through Settings inside its main(), not at import
-MODEL_EXCEPTIONS = ["model/weights.py: service.settings"]
-
-
 def test_the_model_imports_nothing_above_it() -> None:
-    above = ("service.core", "service.gateway", "service.settings", "service.devtools")
-    assert offenders(SERVICE / "model", above) == MODEL_EXCEPTIONS
+    above = ("service.core", "service.gateway", "service.settings", "service.fetch_weights")
+    assert offenders(SERVICE / "model", (*above, "devtools")) == []
 
 
 def test_no_production_module_imports_the_dev_tooling() -> None:
-    found = [
-        entry
-        for entry in offenders(SERVICE, ("service.devtools",))
-        if not entry.startswith("devtools/")
+    assert not (SERVICE / "devtools").exists()
+    assert offenders(SERVICE, ("devtools",)) == []
+
+
+def test_the_images_carry_no_dev_tooling() -> None:
+    """The gateway image copies service/ only; the Triton image runs one script of devtools/
+    at build time (the CPU configs) and removes it."""
+    copied = {
+        dockerfile.name: [
+            line.split()[1]
+            for line in dockerfile.read_text().splitlines()
+            if line.startswith("COPY ") and "--from" not in line
+        ]
+        for dockerfile in (REPO / "docker").glob("*.Dockerfile")
+    }
+    assert not [p for p in copied["gateway.Dockerfile"] if p.startswith("devtools")]
+    assert [p for p in copied["triton.Dockerfile"] if p.startswith("devtools")] == [
+        "devtools/triton_config.py"
     ]
-    assert found == []
+    assert "rm /tmp/triton_config.py" in (REPO / "docker" / "triton.Dockerfile").read_text()

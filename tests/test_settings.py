@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import BaseSettings
 
+from service.core.cache.redis_client import RedisTarget, redis_urls
+from service.core.encoders.triton_targets import parse_targets
 from service.core.loading import resolve_checkpoint
 from service.errors import CheckpointError
-from service.model.weights import main as weights_main
-from service.settings import Settings
+from service.fetch_weights import main as weights_main
+from service.settings import CacheSettings, Settings
 from tests.services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,3 +142,43 @@ def test_the_weights_directory_is_a_setting_the_downloader_uses(
     monkeypatch.setenv("ESAM_WEIGHTS_DIR", str(cli_dir))
     assert weights_main(["ti"]) == 1
     assert (cli_dir / "efficient_sam_vitt.pt.lock").exists()
+
+
+def test_every_setting_belongs_to_one_group_of_its_concern() -> None:
+    groups = [
+        base
+        for base in Settings.__bases__
+        if issubclass(base, BaseModel) and base is not BaseSettings
+    ]
+    assert len(groups) >= 8
+    owned = [name for group in groups for name in group.model_fields]
+    assert len(owned) == len(set(owned))
+    assert sorted(owned) == sorted(Settings.model_fields)  # none declared on Settings itself
+    assert "redis_url" in CacheSettings.model_fields
+    with pytest.raises(ValidationError, match="redis://"):
+        CacheSettings(redis_url="http://localhost")  # a group checks its own fields
+
+
+@pytest.mark.parametrize(
+    ("settings", "parser"),
+    [
+        (
+            {"triton_url": "grpc://no such host:8001"},
+            lambda: parse_targets("grpc://no such host:8001"),
+        ),
+        ({"triton_url": "grpc://a:99999"}, lambda: parse_targets("grpc://a:99999")),
+        (
+            {"redis_url": "redis://a:6379,redis://b:6379"},
+            lambda: RedisTarget.parse("standalone", "redis://a:6379,redis://b:6379", "m"),
+        ),
+        ({"redis_url": "unix:/tmp/no-slashes"}, lambda: redis_urls("unix:/tmp/no-slashes")),
+    ],
+)
+def test_urls_are_refused_at_start_up_by_the_parser_that_uses_them(
+    settings: dict[str, str], parser: Callable[[], object]
+) -> None:
+    with pytest.raises(ValueError) as by_parser:  # noqa: PT011 - the message is compared below
+        parser()
+    with pytest.raises(ValidationError) as by_settings:
+        Settings(**settings)  # type: ignore[arg-type]
+    assert str(by_parser.value) in str(by_settings.value)

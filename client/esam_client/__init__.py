@@ -1,7 +1,7 @@
 """Client of the EfficientSAM serving gateway: ``EsamClient`` (sync), ``AsyncEsamClient``."""
 
 from esam_client.clients import AsyncEsamClient, EsamClient
-from esam_client.errors import EmbeddingNotFoundError, EsamError
+from esam_client.errors import EmbeddingNotFoundError, EsamError, UnreachableError
 from esam_client.models import (
     Candidate,
     Embedded,
@@ -24,6 +24,7 @@ __all__ = [
     "EverythingMask",
     "Prompt",
     "Segmentation",
+    "UnreachableError",
     "decode_rle",
     "image_id_of",
 ]

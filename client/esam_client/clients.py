@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from esam_client import protocol
+from esam_client.errors import UnreachableError
 from esam_client.models import Embedded, Everything, Prompt, Segmentation
 from esam_client.protocol import Endpoint, Flow, Priority, T
 
@@ -29,6 +30,13 @@ def _read(image: Image) -> bytes:
 def _load_npy(data: bytes) -> NDArray[Any]:
     array: NDArray[Any] = np.load(io.BytesIO(data), allow_pickle=False)
     return array
+
+
+def _unreachable(request: httpx.Request, attempt: int, exc: Exception) -> UnreachableError:
+    return UnreachableError(
+        f"{request.method} {request.url}: no answer after {attempt + 1} attempts "
+        f"({type(exc).__name__}: {exc})"
+    )
 
 
 class EsamClient:
@@ -57,9 +65,9 @@ class EsamClient:
             try:
                 response = self._http.send(request)
                 response.read()
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 if attempt == self.retries:
-                    raise
+                    raise _unreachable(request, attempt, exc) from exc
             delay = protocol.retry_delay(response, attempt, self.backoff_s)
             if response is not None and (delay is None or attempt == self.retries):
                 return response
@@ -85,12 +93,19 @@ class EsamClient:
         *,
         image: Image | None = None,
         image_id: str | None = None,
-        multimask: bool = True,
+        multimask: protocol.Multimask = True,
+        best_only: bool = False,
     ) -> Segmentation:
-        """By id; with ``image`` given, a 404 (evicted) uploads it once and asks again."""
+        """By id; with ``image`` given, a 404 (evicted) uploads it once and asks again.
+        ``best_only``: only the best of the three multimask candidates per prompt."""
         data = None if image is None else _read(image)
         flow = protocol.segment(
-            self.endpoint, prompts, image_id=image_id, data=data, multimask=multimask
+            self.endpoint,
+            prompts,
+            image_id=image_id,
+            data=data,
+            multimask=multimask,
+            best_only=best_only,
         )
         return self._run(flow)
 
@@ -141,9 +156,9 @@ class AsyncEsamClient:
             try:
                 response = await self._http.send(request)
                 await response.aread()
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 if attempt == self.retries:
-                    raise
+                    raise _unreachable(request, attempt, exc) from exc
             delay = protocol.retry_delay(response, attempt, self.backoff_s)
             if response is not None and (delay is None or attempt == self.retries):
                 return response
@@ -168,11 +183,17 @@ class AsyncEsamClient:
         *,
         image: Image | None = None,
         image_id: str | None = None,
-        multimask: bool = True,
+        multimask: protocol.Multimask = True,
+        best_only: bool = False,
     ) -> Segmentation:
         data = None if image is None else _read(image)
         flow = protocol.segment(
-            self.endpoint, prompts, image_id=image_id, data=data, multimask=multimask
+            self.endpoint,
+            prompts,
+            image_id=image_id,
+            data=data,
+            multimask=multimask,
+            best_only=best_only,
         )
         return await self._run(flow)
 

@@ -13,3 +13,11 @@ class EsamError(Exception):
 
 class EmbeddingNotFoundError(EsamError):
     """404 ``embedding_not_found``: the image must be sent again."""
+
+
+class UnreachableError(EsamError):
+    """No answer from the gateway (refused, reset, timed out), after the client's retries:
+    ``status`` 0, ``code`` ``"unreachable"``; the transport error is its ``__cause__``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, "unreachable", message)

@@ -148,17 +148,24 @@ def _bbox(values: Sequence[float]) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
+#: True: three candidates per prompt; False: one; "auto": the gateway's rule for a click
+#: (three for one positive point alone, one for more points or a box)
+Multimask = bool | Literal["auto"]
+
+
 def segment(
     endpoint: Endpoint,
     prompts: Sequence[Prompt],
     *,
     image_id: str | None = None,
     data: bytes | None = None,
-    multimask: bool = True,
+    multimask: Multimask = True,
+    best_only: bool = False,
 ) -> Flow[Segmentation]:
     body = {
         "prompts": [prompt.to_json() for prompt in prompts],
         "multimask": multimask,
+        "best_only": best_only,
         "mask_format": "rle",
     }
     answer = yield from _by_id_or_upload(endpoint, "/segment", body, image_id, data)

@@ -10,8 +10,9 @@ with the CVAT agent instead of Nuclio:
 
 ``preprocess_image`` (once per frame; the agent keeps its result for later clicks) makes
 sure the gateway holds the frame's embedding, uploading the frame only when it does not;
-``detect`` then asks for the mask by the frame's id: a decode, nothing uploaded. One
-positive point alone → the best of the three multimask candidates; anything more → the
+``detect`` then asks for the mask by the frame's id: a decode, nothing uploaded. The
+gateway applies SAM's rule for a click (``multimask="auto"``, ``best_only``): one positive
+point alone → the best of the three multimask candidates; anything more → the
 single-mask output. The result is one ``mask`` shape (the only type CVAT's UI shows for
 interactors), encoded by ``cvat_sdk.masks.encode_mask``, with its confidence.
 """
@@ -73,9 +74,8 @@ def detect(
     prompt = Prompt(
         points=positive + negative, labels=[1] * len(positive) + [0] * len(negative), box=box
     )
-    multimask = len(positive) == 1 and not negative and box is None
-    answer = client().segment(
-        [prompt], image_id=pp_image.image_id, image=pp_image.data, multimask=multimask
+    answer = client().segment(  # one mask per click, by the gateway's rule for a click
+        [prompt], image_id=pp_image.image_id, image=pp_image.data, multimask="auto", best_only=True
     )
     best = answer.results[0][0]
     confidence = models.AttributeValRequest(  # the predicted IoU, within CVAT's [0, 1]

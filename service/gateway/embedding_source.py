@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import dataclass
 
 from service.core.embedding import Embedding
-from service.core.embeddings import SizeCheck
+from service.core.embedding_service import SizeCheck
 from service.core.everything import Box, crop_boxes, crop_count, densest_grid
 from service.errors import EmbeddingNotFoundError, InvalidRequestError
 from service.gateway.images import decode_base64_image

@@ -13,7 +13,7 @@ from service.core.admission import Admission
 from service.core.cache import EmbeddingCache, MemoryCache, RedisTier
 from service.core.cache.redis_client import RedisTarget
 from service.core.decoders import Decoder, LocalDecoder
-from service.core.embeddings import EmbeddingService
+from service.core.embedding_service import EmbeddingService
 from service.core.encoders import Encoder, LocalEncoder
 from service.core.loading import LoadedModel
 from service.core.metrics import Metrics
@@ -30,6 +30,8 @@ class ServingState:
     encoder: Encoder
     embeddings: EmbeddingService
     decoder: Decoder
+    #: the embeddings' tiers (the service's own, for readiness and adapters' notes)
+    cache: EmbeddingCache
     draining: bool = False  # set when the server starts shutting down: /readyz turns 503
 
     @property
@@ -39,7 +41,7 @@ class ServingState:
     async def close(self) -> None:
         await self.decoder.close()
         await self.encoder.close()
-        await self.embeddings.cache.close()
+        await self.cache.close()
 
 
 #: builds the encoder for these settings (``build_encoder`` by default; another
@@ -50,7 +52,7 @@ EncoderBuilder = Callable[[Settings, LoadedModel, Metrics], Encoder]
 def build_encoder(settings: Settings, loaded: LoadedModel, metrics: Metrics) -> Encoder:
     """The encoder the settings name: Triton's pool, or the in-process model."""
     if settings.encoder == "triton":
-        from service.core.encoders.triton_pool import TritonEncoder
+        from service.core.encoders.triton import TritonEncoder
 
         return TritonEncoder(
             settings.triton_url,
@@ -93,7 +95,7 @@ def build_decoder(
     if settings.decoder == "local":
         return local
     from service.core.decoders.triton import TritonDecoder
-    from service.core.encoders.triton_pool import TritonEncoder
+    from service.core.encoders.triton import TritonEncoder
 
     if isinstance(encoder, TritonEncoder):
         pool, owns_pool = encoder, False
@@ -140,7 +142,10 @@ async def init_state(
             lock_ttl_s=settings.lock_ttl_s,
         )
     cache = EmbeddingCache(
-        MemoryCache(settings.memory_cache_mb << 20, settings.cache_ttl_s), redis, metrics
+        MemoryCache(settings.memory_cache_mb << 20, settings.cache_ttl_s),
+        redis,
+        metrics,
+        lock_wait_s=settings.lock_wait,
     )
     cache.start()
     encoder = encoder_builder(settings, loaded, metrics)
@@ -159,7 +164,6 @@ async def init_state(
         ),
         max_image_bytes=settings.max_image_bytes,
         max_image_pixels=settings.max_image_pixels,
-        lock_wait_s=settings.lock_wait,
     )
     decoder = build_decoder(settings, loaded, metrics, encoder)
     await decoder.start()
@@ -170,7 +174,7 @@ async def init_state(
         log.warning(
             "redis at %s does not answer; starting without the shared cache", settings.redis_url
         )
-    return ServingState(settings, metrics, loaded, encoder, embeddings, decoder)
+    return ServingState(settings, metrics, loaded, encoder, embeddings, decoder, cache)
 
 
 def get_state(request: Request) -> ServingState:

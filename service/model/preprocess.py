@@ -292,6 +292,18 @@ def resize_to_model(image: RowSource | RGBImage, size: int = 1024) -> torch.Tens
     return out.permute(2, 0, 1).contiguous()
 
 
+def resize_chw_to_model(rgb: torch.Tensor, size: int = 1024) -> torch.Tensor:
+    """Upright ``[3, H, W]`` uint8 RGB on any device (nvJPEG's output on a GPU) →
+    ``[3, size, size]`` float32 in [0, 1]: the reference's own steps at once (divide by 255,
+    bilinear, ``align_corners=False``, no antialiasing), of which :func:`resize_to_model`
+    is the banded host version."""
+    x = rgb[None].float().div_(255.0)
+    resized = torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False
+    )
+    return resized[0]
+
+
 def orient_chw(chw: torch.Tensor, orientation: int) -> torch.Tensor:
     """EXIF orientation on a ``[C, H, W]`` tensor (any device), as ``ImageOps.exif_transpose``.
 
@@ -333,5 +345,6 @@ __all__ = [
     "open_image",
     "orient_chw",
     "read_header",
+    "resize_chw_to_model",
     "resize_to_model",
 ]

@@ -32,6 +32,14 @@ class Prompt:
     labels: Sequence[int] = field(default_factory=tuple)
     box: Sequence[float] | None = None
 
+    @property
+    def ambiguous(self) -> bool:
+        """One positive point alone: it may mean the whole, a part or a subpart, so SAM's
+        rule for a click is to ask for the three multimask candidates and keep the best;
+        more points or a box say which, and the single-mask output answers them. The one
+        statement of the rule (``"multimask": "auto"``, Label Studio, both CVAT functions)."""
+        return self.box is None and [int(label) for label in self.labels] == [LABEL_FOREGROUND]
+
 
 def _check_number(value: float, axis: str, where: str) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):

@@ -1,8 +1,7 @@
 """Download and verify the official EfficientSAM checkpoints.
 
-``python -m service.model.weights ti`` (or ``make weights``) downloads into
-the user cache directory (the setting ``ESAM_WEIGHTS_DIR`` overrides it) and prints the
-path. Files are verified by their git blob SHA-1 before use. A download goes
+The command ``python -m service.fetch_weights ti`` (or ``make weights``) uses it.
+Files are verified by their git blob SHA-1 before use. A download goes
 to ``<file>.part`` and is renamed into place only once verified; an
 interrupted download resumes with an HTTP range request, or restarts when the
 server does not support ranges.
@@ -10,12 +9,10 @@ server does not support ranges.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +22,7 @@ import platformdirs
 from tqdm import tqdm
 
 from service.errors import WeightsDownloadError
-from service.model.config import VARIANTS, Variant
+from service.model.config import Variant
 
 _BASE_URL = "https://github.com/yformer/EfficientSAM/raw/main/weights/"
 _CHUNK = 1 << 20
@@ -160,27 +157,3 @@ def download_weights(
             )
         os.replace(part, target)
         return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Download a verified EfficientSAM checkpoint.")
-    parser.add_argument("variant", choices=VARIANTS, nargs="?", default="ti")
-    parser.add_argument(
-        "--dir", type=Path, default=None, help="target directory (default: ESAM_WEIGHTS_DIR)"
-    )
-    parser.add_argument("--url", default=None, help="mirror URL instead of the official one")
-    args = parser.parse_args(argv)
-    # the gateway's own setting, so that the file lands where the gateway will look
-    from service.settings import Settings
-
-    try:
-        path = download_weights(args.variant, args.dir or Settings().weights_dir, url=args.url)
-    except WeightsDownloadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,6 +21,7 @@ from esam_client import (
     EsamClient,
     EsamError,
     Prompt,
+    UnreachableError,
     decode_rle,
     image_id_of,
 )
@@ -29,7 +30,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 
-from service.devtools.gateway_process import GatewayProcess
+from devtools.gateway_process import GatewayProcess
+from devtools.redis_server import free_port
 from tests.conftest import Fixture
 
 pytestmark = pytest.mark.slow  # a gateway process: not in `make test-fast`
@@ -192,6 +194,32 @@ def test_errors_carry_the_gateways_code(gateway: GatewayProcess) -> None:
     with wrong, pytest.raises(EsamError) as unauthorized:
         wrong.embed(png(4))
     assert unauthorized.value.code == "unauthorized"
+
+
+def test_no_answer_after_the_retries_is_an_unreachable_error(tmp_path: Path) -> None:
+    """Nobody listens: both clients raise ``UnreachableError`` (status 0, the transport error
+    as its cause) after their retries, and ``esam embed`` reports the images it could not
+    send instead of dying with a traceback."""
+    url = f"http://127.0.0.1:{free_port()}"
+    with EsamClient(url, retries=1, backoff_s=0.01) as client, pytest.raises(EsamError) as sync:
+        client.embed(png(5))
+    assert isinstance(sync.value, UnreachableError)
+    assert (sync.value.status, sync.value.code) == (0, "unreachable")
+    assert isinstance(sync.value.__cause__, httpx.TransportError)
+
+    async def upload() -> None:
+        async with AsyncEsamClient(url, retries=1, backoff_s=0.01) as client:
+            await client.embed(png(5))
+
+    with pytest.raises(UnreachableError):
+        asyncio.run(upload())
+    (tmp_path / "a.png").write_bytes(png(6))
+    code, summary = esam("embed", str(tmp_path), url=url)
+    assert code == 1
+    failed = summary["failed"]
+    assert isinstance(failed, list)
+    assert [f["path"] for f in failed] == [str(tmp_path / "a.png")]
+    assert "unreachable" in failed[0]["error"]
 
 
 def esam(*args: str, url: str) -> tuple[int, dict[str, object]]:

@@ -18,7 +18,7 @@ from service.core.admission import Admission
 from service.core.cache import EmbeddingCache, MemoryCache, RedisTier
 from service.core.cache.redis_client import RedisTarget
 from service.core.embedding import image_id_of
-from service.core.embeddings import EmbeddingService
+from service.core.embedding_service import EmbeddingService
 from service.core.encoders import EncodedImage
 from service.core.metrics import Metrics
 from service.errors import EncoderUnavailableError
@@ -64,7 +64,7 @@ class GatedEncoder:
 def service(
     encoder: GatedEncoder, metrics: Metrics, redis: RedisTier | None = None
 ) -> EmbeddingService:
-    cache = EmbeddingCache(MemoryCache(64 << 20, 60), redis, metrics)
+    cache = EmbeddingCache(MemoryCache(64 << 20, 60), redis, metrics, lock_wait_s=10)
     return EmbeddingService(
         encoder=encoder,
         cache=cache,
@@ -74,7 +74,6 @@ def service(
         admission=Admission(8, metrics),
         max_image_bytes=1 << 20,
         max_image_pixels=1 << 20,
-        lock_wait_s=10,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from service.core.encoders.triton_pool import LOAD_GUARD_CALLS, TritonEncoder
+from service.core.encoders.triton import LOAD_GUARD_CALLS, TritonEncoder
 from service.core.metrics import Metrics
 
 KEYS = [f"{i:064x}" for i in range(600)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devtools.capacity import UnitCosts, Workload, demand, plan, saturated_opens_per_s
+from devtools.capacity import UnitCosts, Workload, demand, plan, saturated_opens_per_s
 
 REPO = Path(__file__).resolve().parents[2]
 

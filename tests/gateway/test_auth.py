@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.devtools.gateway_process import GatewayProcess
+from devtools.gateway_process import GatewayProcess
 from tests.conftest import Fixture
 
 KEY = "a-long-enough-api-key-0123"

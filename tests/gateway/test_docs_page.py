@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Route, sync_playwright
 
-from service.devtools.gateway_process import GatewayProcess
+from devtools.gateway_process import GatewayProcess
 from tests.conftest import Fixture
 from tests.support import chromium_path
 

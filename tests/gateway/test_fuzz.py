@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devtools.gateway_process import REPO, GatewayProcess
+from devtools.gateway_process import REPO, GatewayProcess
 from tests.conftest import Fixture
 
 # a browser, Redis Cluster/Sentinel, a fuzzer or a client generator: not in `make test-fast`

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.devtools.gateway_process import REPO, GatewayProcess
+from devtools.gateway_process import REPO, GatewayProcess
 from tests.conftest import Fixture
 from tests.support import png_bytes
 

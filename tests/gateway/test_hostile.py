@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.devtools.peak_memory import measure
+from devtools.peak_memory import measure
 from service.errors import ImageTooLargeError
 from service.model.preprocess import decode_image
 from tests.gateway.fixtures import Gateway, GatewayFactory

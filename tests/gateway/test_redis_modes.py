@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devtools.redis_server import LocalRedisCluster, LocalSentinel
+from devtools.redis_server import LocalRedisCluster, LocalSentinel
 from tests.gateway.fixtures import GatewayFactory
 from tests.support import embed, png_bytes, segment_status
 

@@ -259,3 +259,56 @@ async def test_best_only_returns_the_best_multimask_candidate_alone(
     alone = (await gateway.client.post("/segment", json=single)).json()["results"]
     also = (await gateway.client.post("/segment", json={**single, "best_only": True})).json()
     assert also["results"] == alone
+
+
+async def test_auto_applies_sams_click_rule_per_prompt(
+    gateway_factory: GatewayFactory,
+    fixture: Fixture,
+    expected: dict[str, np.ndarray],
+    image_bytes: bytes,
+) -> None:
+    """``"multimask": "auto"``: the fixture's one-positive-point prompt gets the reference's
+    three multimask candidates, the others (two points, a negative point, a box, a box and a
+    point) its single-mask output, each in request order; a negative point alone is not
+    ambiguous either. With ``best_only`` every prompt has one mask."""
+    prompts = fixture_prompts(fixture)
+    assert prompts[0]["labels"] == [1]
+    assert "box" not in prompts[0]
+    async with gateway_factory(embedding_dtype="float32") as gw:
+        upload = await gw.client.post(
+            "/embed", content=image_bytes, headers={"Content-Type": "image/jpeg"}
+        )
+        body = {"image_id": upload.json()["image_id"], "prompts": prompts, "return_logits": True}
+        auto = await gw.client.post("/segment", json={**body, "multimask": "auto"})
+        best = await gw.client.post(
+            "/segment", json={**body, "multimask": "auto", "best_only": True}
+        )
+        negative = await gw.client.post(
+            "/segment",
+            json={
+                **body,
+                "prompts": [{"points": [[300, 500]], "labels": [0]}],
+                "multimask": "auto",
+            },
+        )
+        refused = await gw.client.post("/segment", json={**body, "multimask": "yes"})
+    assert auto.status_code == best.status_code == negative.status_code == 200
+    results = auto.json()["results"]
+    assert [len(r["candidates"]) for r in results] == [3, 1, 1, 1, 1]
+    order = np.argsort(-expected["iou_multimask"][0, 0], kind="stable")
+    for rank, k in enumerate(order):
+        logits = decode_logits(results[0]["candidates"][rank])
+        assert np.abs(logits - expected["low_res_logits_multimask"][0, 0, k]).max() <= LOGITS_ATOL
+    for q in range(1, len(prompts)):
+        (candidate,) = results[q]["candidates"]
+        assert abs(candidate["score"] - expected["iou_single"][0, q, 0]) <= LOGITS_ATOL
+        logits = decode_logits(candidate)
+        assert np.abs(logits - expected["low_res_logits_single"][0, q, 0]).max() <= LOGITS_ATOL
+    kept = [r["candidates"] for r in best.json()["results"]]
+    assert [len(c) for c in kept] == [1] * len(prompts)
+    assert kept[0][0]["score"] == pytest.approx(
+        float(expected["iou_multimask"][0, 0].max()), abs=LOGITS_ATOL
+    )
+    assert [c[0] for c in kept[1:]] == [r["candidates"][0] for r in results[1:]]
+    assert [len(r["candidates"]) for r in negative.json()["results"]] == [1]
+    assert refused.status_code == 422

@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from devtools.gateway_process import GatewayProcess
 from service.core.tracing import trace_headers, tracer
-from service.devtools.gateway_process import GatewayProcess
 from tests.conftest import Fixture
 from tests.gateway.fixtures import GatewayFactory
 
@@ -191,7 +191,7 @@ def parse_console_spans(text: str) -> list[dict[str, Any]]:
 async def test_each_triton_request_carries_the_encode_span_traceparent(
     spans: InMemorySpanExporter,
 ) -> None:
-    from service.core.encoders.triton import TritonEndpoint
+    from service.core.encoders.triton_endpoint import TritonEndpoint
     from service.core.metrics import Metrics
 
     sent: list[dict[str, str] | None] = []

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.devtools.gateway_process import REPO
+from devtools.gateway_process import REPO
 from service.gateway.ui.browser_decoder import ORT_DIST, ORT_FILES, available
 from service.model import EfficientSam
 from tests.gateway.fixtures import GatewayFactory

@@ -25,7 +25,7 @@ from PIL import Image
 from playwright.sync_api import Page, Route, expect, sync_playwright
 from pycocotools import mask as mask_utils
 
-from service.devtools.gateway_process import REPO, GatewayProcess
+from devtools.gateway_process import REPO, GatewayProcess
 from service.gateway.ui.browser_decoder import available
 from tests.conftest import Fixture
 from tests.model.conformance import mask_iou

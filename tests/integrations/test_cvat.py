@@ -27,8 +27,8 @@ import yaml
 from cvat_sdk.masks import decode_mask
 from PIL import Image
 
-from service.devtools.gateway_process import REPO, GatewayProcess
-from service.devtools.prometheus import sample_sum
+from devtools.gateway_process import REPO, GatewayProcess
+from devtools.prometheus import sample_sum
 from tests.conftest import Fixture
 from tests.support import rle_mask
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.devtools.label_studio import sdk_call
+from devtools.label_studio import sdk_call
 from service.gateway.labelstudio.brush_rle import encode_brush_rle
 
 #: for each mask: the SDK's encoding of mask * 255 and its decoding of ours (alpha > 0)

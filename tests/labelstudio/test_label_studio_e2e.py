@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.devtools.gateway_process import GatewayProcess
-from service.devtools.label_studio import TOKEN, LabelStudioServer
+from devtools.gateway_process import GatewayProcess
+from devtools.label_studio import TOKEN, LabelStudioServer
 from tests.conftest import Fixture
 from tests.model.conformance import mask_iou
 from tests.support import CONFIG, brush_masks, keypoint, rectangle, rle_mask

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devtools.peak_memory import measure, photo_like
+from devtools.peak_memory import measure, photo_like
 
 pytestmark = pytest.mark.slow  # exports and measures the model: not in `make test-fast`
 

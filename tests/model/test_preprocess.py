@@ -18,6 +18,7 @@ from service.model.preprocess import (
     open_image,
     orient_chw,
     read_header,
+    resize_chw_to_model,
     resize_to_model,
 )
 from tests.conftest import Fixture
@@ -143,6 +144,22 @@ def reference_resize(rgb: np.ndarray, size: int = 1024) -> torch.Tensor:
 def test_banded_resize_matches_pytorch(shape: tuple[int, int]) -> None:
     rgb = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
     torch.testing.assert_close(resize_to_model(rgb), reference_resize(rgb), rtol=0, atol=1e-6)
+
+
+def test_the_device_path_resizes_as_the_host_path() -> None:
+    """``resize_chw_to_model`` (the GPU JPEG path, after nvJPEG) gives the hand-worked values
+    and the banded host path's output, at the size it is given."""
+    rgb = np.zeros((2, 2, 3), dtype=np.uint8)
+    rgb[0, 1] = 255
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    out = resize_chw_to_model(chw, size=4)[0]
+    torch.testing.assert_close(out[0], torch.tensor([0.0, 0.25, 0.75, 1.0]))
+    torch.testing.assert_close(out[1], torch.tensor([0.0, 0.25, 0.75, 1.0]) * 0.75)
+    for shape, size in (((603, 1072), 1024), ((37, 53), 512)):
+        rgb = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
+        device = resize_chw_to_model(torch.from_numpy(rgb).permute(2, 0, 1), size)
+        assert device.shape == (3, size, size)
+        torch.testing.assert_close(device, resize_to_model(rgb, size), rtol=0, atol=1e-6)
 
 
 def test_a_very_wide_image_uses_thin_bands() -> None:

@@ -76,3 +76,18 @@ def test_six_points_are_allowed() -> None:
     )
     assert (labels >= 0).sum() == 6
     assert points.shape == (1, 6, 2)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "ambiguous"),
+    [
+        (Prompt(points=[(5, 5)], labels=[1]), True),
+        (Prompt(points=[(5, 5)], labels=[0]), False),
+        (Prompt(points=[(5, 5), (9, 9)], labels=[1, 1]), False),
+        (Prompt(points=[(5, 5), (9, 9)], labels=[1, 0]), False),
+        (Prompt(box=(1, 1, 9, 9)), False),
+        (Prompt(points=[(5, 5)], labels=[1], box=(1, 1, 9, 9)), False),
+    ],
+)
+def test_one_positive_point_alone_is_the_ambiguous_click(prompt: Prompt, ambiguous: bool) -> None:
+    assert prompt.ambiguous is ambiguous

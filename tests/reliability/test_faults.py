@@ -11,9 +11,9 @@ import pytest
 import redis
 import torch
 
+from devtools.loadgen import LoadConfig, jpeg_image, run_load
+from devtools.triton import LocalTriton
 from service.core.embedding import Embedding
-from service.devtools.loadgen import LoadConfig, jpeg_image, run_load
-from service.devtools.triton import LocalTriton
 from service.model import EfficientSam
 from service.model.preprocess import decode_image, resize_to_model
 from tests.conftest import Fixture

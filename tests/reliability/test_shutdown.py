@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
+from devtools.gateway_process import GatewayProcess
+from devtools.loadgen import jpeg_image
+from devtools.prometheus import sample_sum
 from service.core.embedding import Embedding
-from service.devtools.gateway_process import GatewayProcess
-from service.devtools.loadgen import jpeg_image
 from tests.conftest import Fixture
 from tests.services import RedisServer, stored_record
 
@@ -121,4 +126,62 @@ async def test_requests_past_the_grace_are_cancelled_and_nothing_half_done_is_ke
             record = Embedding.from_bytes(stored_record(client_redis, key))
             assert (record.width, record.height) == (320, 240)
     finally:
+        gateway.stop()
+
+
+def encoded_so_far(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sample_sum(text, "esam_encoder_images_total")
+
+
+async def test_sigterm_during_a_bulk_precompute_leaves_no_handler_behind(
+    fixture: Fixture, private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """``esam embed`` (bulk, 4 uploads in flight, retrying) is running when SIGTERM comes:
+    the gateway answers what it holds and exits as soon as those encodes are done, long
+    before its grace period; no handler is left waiting to be cancelled."""
+    prefix = "bulk-shutdown"
+    log = tmp_path / "gateway.log"
+    grace_s = 120
+    gateway = encoding_gateway(fixture, private_redis, prefix, grace_s=grace_s, stderr=log)
+    gateway.start()
+    process = gateway.process
+    assert process is not None
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    for i in range(16):
+        (folder / f"{i:02d}.jpg").write_bytes(jpeg_image(7200 + i, (320, 240)))
+    esam = shutil.which("esam", path=str(Path(sys.executable).parent))
+    assert esam is not None
+    precompute = subprocess.Popen(
+        [esam, "embed", str(folder), "--concurrency", "4", "--url", gateway.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(1200):  # until the precompute is well under way
+            if encoded_so_far(gateway.url) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the precompute encoded nothing")
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(grace_s) in (0, -signal.SIGTERM)
+        took_s = time.monotonic() - signalled
+        report, errors = precompute.communicate(timeout=120)
+        # the encodes in flight at the signal (4 at most, one after another) and no more
+        assert took_s < grace_s / 2, took_s
+        assert "cancelled after" not in log.read_text()
+        client_redis = redis.Redis.from_url(private_redis.url)
+        keys = list(client_redis.scan_iter(f"{prefix}:emb:*"))
+        assert 2 <= len(keys) < 16
+        assert b'"failed"' in report, errors[-3000:]  # it reports what it could not send
+        for key in keys:  # every record is whole
+            record = Embedding.from_bytes(stored_record(client_redis, key))
+            assert (record.width, record.height) == (320, 240)
+    finally:
+        if precompute.poll() is None:
+            precompute.kill()
+            precompute.communicate(timeout=10)
         gateway.stop()

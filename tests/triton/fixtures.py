@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.devtools.triton import LocalTriton, TritonNotAvailableError
+from devtools.triton import LocalTriton, TritonNotAvailableError
 from tests.conftest import Fixture
 from tests.services import free_port
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from devtools.triton import LocalTriton
+from devtools.triton_config import ENSEMBLE
 from service.core.circuit import BreakerState
-from service.core.encoders.triton_pool import TritonEncoder, parse_targets
+from service.core.encoders.triton import TritonEncoder
+from service.core.encoders.triton_targets import parse_targets
 from service.core.metrics import Metrics
-from service.devtools.triton import LocalTriton
-from service.devtools.triton_config import ENSEMBLE
 from tests.conftest import Fixture
 from tests.gateway.fixtures import GatewayFactory
 from tests.support import png_bytes

@@ -18,11 +18,11 @@ import tritonclient.http as httpclient
 from pycocotools import mask as coco_mask
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from devtools.triton import LocalTriton
+from devtools.triton_config import DECODER
 from service.core.edges import EdgeParams, edge_map
 from service.core.everything import Crop
 from service.core.loading import load_serving_model
-from service.devtools.triton import LocalTriton
-from service.devtools.triton_config import DECODER
 from service.model import EfficientSam
 from service.model.masks import compress_rle, encode_rle, upsample_masks
 from service.model.prompts import prompts_to_arrays
@@ -163,7 +163,7 @@ def int8_of(embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resident_bytes(triton: LocalTriton) -> float:
-    from service.devtools.prometheus import sample_sum
+    from devtools.prometheus import sample_sum
 
     return sample_sum(triton.metrics_text(), "esam_decoder_resident_bytes")
 
@@ -231,7 +231,7 @@ def test_an_image_not_resident_is_an_answer_not_an_error(
 
 
 def miss_count(metrics: str) -> float:
-    from service.devtools.prometheus import sample_sum
+    from devtools.prometheus import sample_sum
 
     return sample_sum(metrics, "esam_decoder_resident_misses")
 

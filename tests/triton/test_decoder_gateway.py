@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.devtools.triton import LocalTriton
-from service.devtools.triton_config import DECODER
+from devtools.triton import LocalTriton
+from devtools.triton_config import DECODER
 from tests.conftest import Fixture
 from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.model.conformance import mask_iou

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from service.devtools.triton import LocalTriton
+from devtools.triton import LocalTriton
 from tests.conftest import Everything
 from tests.gateway.fixtures import GatewayFactory
 from tests.model.conformance import mask_iou

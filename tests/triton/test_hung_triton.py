@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devtools.triton import LocalTriton
+from devtools.triton import LocalTriton
 from tests.conftest import Fixture
 from tests.gateway.fixtures import GatewayFactory
 from tests.support import png_bytes

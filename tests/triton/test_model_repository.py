@@ -14,7 +14,7 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from service.devtools.triton_config import (
+from devtools.triton_config import (
     DTYPES,
     ENSEMBLE,
     MODEL,
@@ -154,7 +154,7 @@ def test_onnx_export_fits_the_onnx_model_config(
 
 @pytest.mark.slow
 def test_missing_checkpoint_fails_to_load_with_a_clear_message(tmp_path: Path) -> None:
-    from service.devtools.triton import LocalTriton, TritonNotAvailableError
+    from devtools.triton import LocalTriton, TritonNotAvailableError
     from tests.services import free_port
 
     server = LocalTriton(
@@ -184,8 +184,8 @@ def test_the_shipped_repository_starts_with_the_image_command(
 
     import httpx
 
-    from service.devtools.triton import prepare_backends, server_environment, tritonserver_binary
-    from service.devtools.triton_config import main as write_cpu_configs
+    from devtools.triton import prepare_backends, server_environment, tritonserver_binary
+    from devtools.triton_config import main as write_cpu_configs
 
     repository = tmp_path / "models"
     shutil.copytree(SOURCE_REPOSITORY, repository, ignore=shutil.ignore_patterns("__pycache__"))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 import time
 
-from service.devtools.triton import LocalTriton
-from service.devtools.triton_config import MODEL, PREPROCESS
+from devtools.triton import LocalTriton
+from devtools.triton_config import MODEL, PREPROCESS
 from tests.gateway.fixtures import GatewayFactory
 from tests.support import png_bytes
 

@@ -17,12 +17,12 @@ import httpx
 import numpy as np
 import pytest
 
+from devtools.triton import LocalTriton
+from devtools.triton_config import ENSEMBLE
 from service.core.encoders import triton_shm
 from service.core.encoders.base import EncodedImage
-from service.core.encoders.triton import TritonEndpoint
+from service.core.encoders.triton_endpoint import TritonEndpoint
 from service.core.metrics import Metrics
-from service.devtools.triton import LocalTriton
-from service.devtools.triton_config import ENSEMBLE
 from tests.conftest import Fixture
 from tests.gateway.fixtures import Gateway, GatewayFactory
 from tests.model.conformance import array_failures

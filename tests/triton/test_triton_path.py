@@ -13,11 +13,11 @@ import pytest
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from devtools.triton import LocalTriton, grpc_request_of
+from devtools.triton_config import MODEL
 from service.core.encoders import local as local_encoder
-from service.core.encoders.triton import TritonEndpoint
+from service.core.encoders.triton_endpoint import TritonEndpoint
 from service.core.metrics import Metrics
-from service.devtools.triton import LocalTriton, grpc_request_of
-from service.devtools.triton_config import MODEL
 from service.model import preprocess
 from service.model.preprocess import read_header
 from tests.conftest import Fixture

@@ -11,7 +11,8 @@ click on a frame is a decode and carries no image to the gateway. It answers
 interactor tools place at ``bounds``: a mask cropped to the object instead of a
 frame-sized one (the 4-24 MB answers CVAT users meet).
 
-One positive point alone → the best of the three multimask candidates; more points or a
+The gateway applies SAM's rule for a click (``"multimask": "auto"`` with ``best_only``):
+one positive point alone → the best of the three multimask candidates; more points or a
 box → the single-mask output. Settings (environment): ``ESAM_URL`` (the gateway),
 ``ESAM_API_KEY`` (when the gateway has keys), ``ESAM_TIMEOUT_S``.
 
@@ -39,8 +40,9 @@ class Gateway:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
 
-    def segment(self, frame: bytes, prompt: dict[str, Any], multimask: bool) -> httpx.Response:
-        body = {"prompts": [prompt], "multimask": multimask, "mask_format": "png"}
+    def segment(self, frame: bytes, prompt: dict[str, Any]) -> httpx.Response:
+        # one mask per click, chosen by the gateway's rule for a click
+        body = {"prompts": [prompt], "multimask": "auto", "best_only": True, "mask_format": "png"}
         by_id = {**body, "image_id": hashlib.sha256(frame).hexdigest()}
         response = self.http.post("/segment", json=by_id)
         if response.status_code == 404 and _code(response) == "embedding_not_found":
@@ -57,8 +59,8 @@ def _code(response: httpx.Response) -> str | None:
     return str(code)
 
 
-def prompt_of(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """CVAT's points and box → one gateway prompt, and whether to ask for three candidates."""
+def prompt_of(body: dict[str, Any]) -> dict[str, Any]:
+    """CVAT's points and box → one gateway prompt."""
     positive = [[float(x), float(y)] for x, y in body.get("pos_points") or []]
     negative = [[float(x), float(y)] for x, y in body.get("neg_points") or []]
     prompt: dict[str, Any] = {}
@@ -72,7 +74,7 @@ def prompt_of(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         ]
         x1, y1, x2, y2 = flat[:4]
         prompt["box"] = [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
-    return prompt, len(positive) == 1 and not negative and not box
+    return prompt
 
 
 def answer(mask: NDArray[np.bool_]) -> dict[str, Any]:
@@ -111,11 +113,11 @@ def handler(context: Any, event: Any) -> Any:
         frame = base64.b64decode(body["image"], validate=True)
     except ValueError:
         return _json(context, {"error": "'image' is not valid base64"}, 400)
-    prompt, multimask = prompt_of(body)
+    prompt = prompt_of(body)
     if not prompt:
         return _json(context, {"error": "give at least one point or a box"}, 400)
     try:
-        response = context.user_data.gateway.segment(frame, prompt, multimask)
+        response = context.user_data.gateway.segment(frame, prompt)
     except httpx.HTTPError as exc:
         context.logger.warn(f"gateway unreachable: {exc}")
         return _json(context, {"error": f"the EfficientSAM gateway is unreachable: {exc}"}, 502)

@@ -1,8 +1,8 @@
 """Triton Python backend: an image file's bytes → the encoder's input, beside the encoder.
 
 Input ``image`` (BYTES, one encoded image per request); outputs ``pixels``
-``[3, 1024, 1024]`` (RGB in [0, 1], the dtype of the config, x255 for UINT8) and
-``size`` (INT32 width, height of the upright image). Decoding, EXIF orientation,
+``[3, S, S]`` (S from the config's ``pixels`` dims; RGB in [0, 1], the dtype of the
+config, x255 for UINT8) and ``size`` (INT32 width, height of the upright image). Decoding, EXIF orientation,
 resizing and scaling are the project's one implementation
 (``service.model.preprocess.load_for_model``), the same code the embedded encoder
 runs. An image that cannot be decoded gets its own ``TritonError`` with code
@@ -12,7 +12,8 @@ the batch are unaffected.
 On a GPU instance ``pixels`` is handed to the next model on the device (DLPack),
 so it never travels back to the host. With the ``gpu_jpeg_decode`` parameter
 "true", JPEGs are decoded by nvJPEG (``torchvision.io.decode_jpeg`` on CUDA) and
-resized there with the reference's interpolation; other formats use the CPU path.
+resized there (``resize_chw_to_model``, the reference's steps, tested against the host
+path); other formats use the CPU path.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from service.errors import EsamError
-from service.model.preprocess import load_for_model, orient_chw, read_header
-
-IMG_SIZE = 1024
+from service.model.preprocess import load_for_model, orient_chw, read_header, resize_chw_to_model
 
 
 class TritonPythonModel:
@@ -40,9 +39,9 @@ class TritonPythonModel:
         else:
             self.device = torch.device("cpu")
         self.gpu_jpeg = self.device.type == "cuda" and params.get("gpu_jpeg_decode") == "true"
-        self.pixels_dtype = pb_utils.triton_string_to_numpy(
-            pb_utils.get_output_config_by_name(config, "pixels")["data_type"]
-        )
+        pixels = pb_utils.get_output_config_by_name(config, "pixels")
+        self.pixels_dtype = pb_utils.triton_string_to_numpy(pixels["data_type"])
+        self.img_size = int(pixels["dims"][-1])  # the config's [3, S, S]: the encoder's input
         self.torch_dtype = {
             np.float32: torch.float32,
             np.float16: torch.float16,
@@ -50,12 +49,12 @@ class TritonPythonModel:
         }[np.dtype(self.pixels_dtype).type]
 
     def _load(self, data: bytes) -> tuple[torch.Tensor, int, int]:
-        """``[3, 1024, 1024]`` float32 in [0, 1] and the upright size."""
+        """``[3, S, S]`` float32 in [0, 1] and the upright size."""
         header = read_header(data, self.max_pixels)
         if self.gpu_jpeg and header.format == "JPEG":
-            pixels = _gpu_jpeg(data, self.device, header.orientation)
+            pixels = _gpu_jpeg(data, self.device, header.orientation, self.img_size)
         else:
-            pixels = load_for_model(data, self.max_pixels, IMG_SIZE)
+            pixels = load_for_model(data, self.max_pixels, self.img_size)
         return pixels, header.width, header.height
 
     def _cast(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -91,15 +90,10 @@ def _refuse(message: str) -> Any:
     )
 
 
-def _gpu_jpeg(data: bytes, device: torch.device, orientation: int) -> torch.Tensor:
+def _gpu_jpeg(data: bytes, device: torch.device, orientation: int, size: int) -> torch.Tensor:
     """nvJPEG decode, EXIF orientation and the reference's resize, all on the GPU."""
     from torchvision.io import ImageReadMode, decode_jpeg  # only on GPU deployments
 
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     rgb = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)  # [3, H, W] uint8
-    rgb = orient_chw(rgb, orientation)
-    x = rgb[None].float().div_(255.0)
-    resized = torch.nn.functional.interpolate(
-        x, size=(IMG_SIZE, IMG_SIZE), mode="bilinear", align_corners=False
-    )
-    return resized[0]
+    return resize_chw_to_model(orient_chw(rgb, orientation), size)

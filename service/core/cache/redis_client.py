@@ -31,6 +31,22 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 RedisMode = Literal["standalone", "cluster", "sentinel"]
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def redis_urls(url: str) -> tuple[str, ...]:
+    """The comma-separated URLs, each ``redis://``, ``rediss://`` or ``unix://``."""
+    urls = tuple(u.strip() for u in url.split(",") if u.strip())
+    if not urls:
+        raise ValueError("no Redis address given")
+    bad = [u for u in urls if not u.startswith(REDIS_SCHEMES)]
+    if bad:
+        raise ValueError(
+            f"each URL must start with redis://, rediss:// or unix:// (not {bad[0]!r})"
+        )
+    return urls
+
+
 @dataclass(frozen=True)
 class RedisTarget:
     mode: RedisMode
@@ -39,9 +55,9 @@ class RedisTarget:
 
     @classmethod
     def parse(cls, mode: RedisMode, url: str, sentinel_master: str) -> RedisTarget:
-        urls = tuple(u.strip() for u in url.split(",") if u.strip())
-        if not urls:
-            raise ValueError("no Redis address given")
+        """``ESAM_REDIS_URL`` (with the mode and master): what Settings validates at
+        start-up and the cache connects to, by this one parser."""
+        urls = redis_urls(url)
         if mode == "standalone" and len(urls) > 1:
             raise ValueError("standalone mode takes one Redis URL (cluster or sentinel: several)")
         return cls(mode, urls, sentinel_master)

@@ -64,16 +64,23 @@ class RedisTier:
         self._down_until = time.monotonic() + self.retry_s
         return RedisUnavailableError(f"{type(exc).__name__}: {exc}")
 
-    async def _call(
+    async def call(
         self, operation: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
     ) -> Any:
-        """Run one Redis command; any failure marks the tier down for ``retry_s``."""
+        """Run one Redis command (or a few, in a coroutine function); any failure marks the
+        tier down for ``retry_s`` and raises :class:`RedisUnavailableError`."""
         if not self.available:
             raise RedisUnavailableError("bypassed after a recent failure")
         try:
             return await operation(*args, **kwargs)
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._failed(exc) from exc
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (standalone, Cluster or Sentinel's master: see redis_client),
+        for a command sent through :meth:`call`."""
+        return self._client
 
     async def ping(self) -> bool:
         try:
@@ -89,7 +96,7 @@ class RedisTier:
         return f"{self.prefix}:emb:{key}"
 
     async def get(self, key: str) -> Embedding | None:
-        raw = await self._call(self._client.get, self.key(key))
+        raw = await self.call(self._client.get, self.key(key))
         if not isinstance(raw, bytes):
             return None
         try:
@@ -99,10 +106,10 @@ class RedisTier:
             return None
 
     async def set(self, key: str, embedding: Embedding) -> None:
-        await self._call(self._client.set, self.key(key), embedding.to_bytes(), ex=self.ttl_s)
+        await self.call(self._client.set, self.key(key), embedding.to_bytes(), ex=self.ttl_s)
 
     async def delete(self, key: str) -> None:
-        await self._call(self._client.delete, self.key(key))
+        await self.call(self._client.delete, self.key(key))
 
     # --- which tenants hold an entry: a set beside it, with the same TTL ---------------
     def tenants_key(self, key: str) -> str:
@@ -110,7 +117,7 @@ class RedisTier:
 
     async def holds(self, key: str, tenant: str) -> bool:
         """Whether ``tenant`` uploaded the image of ``key`` (the entry may have expired)."""
-        return bool(await self._call(self._client.sismember, self.tenants_key(key), tenant))
+        return bool(await self.call(self._client.sismember, self.tenants_key(key), tenant))
 
     async def grant(self, key: str, tenant: str) -> None:
         """Record that ``tenant`` holds ``key``, for the cache's TTL from now."""
@@ -119,7 +126,7 @@ class RedisTier:
             await self._client.sadd(self.tenants_key(key), tenant)
             await self._client.expire(self.tenants_key(key), self.ttl_s)
 
-        await self._call(add)
+        await self.call(add)
 
     async def release(self, key: str, tenant: str) -> None:
         """``tenant`` gives up ``key``; the entry goes when no tenant holds it any more.
@@ -140,7 +147,7 @@ class RedisTier:
             await self._client.incr(self.deletes_key)
             await self._client.publish(self.invalidation_channel, key)
 
-        await self._call(in_turn)
+        await self.call(in_turn)
 
     @property
     def invalidation_channel(self) -> str:
@@ -164,19 +171,7 @@ class RedisTier:
         )
 
     async def exists(self, key: str) -> bool:
-        return bool(await self._call(self._client.exists, self.key(key)))
-
-    # --- small shared notes (an adapter's image reference → image id), same TTL -------
-    def note_key(self, namespace: str, name: str) -> str:
-        return f"{self.prefix}:{namespace}:{name}"
-
-    async def get_note(self, namespace: str, name: str) -> str | None:
-        raw = await self._call(self._client.get, self.note_key(namespace, name))
-        return raw.decode() if isinstance(raw, bytes) else None
-
-    async def set_note(self, namespace: str, name: str, value: str) -> None:
-        key = self.note_key(namespace, name)
-        await self._call(self._client.set, key, value.encode(), ex=self.ttl_s)
+        return bool(await self.call(self._client.exists, self.key(key)))
 
     # --- cross-replica single flight ------------------------------------------------
     def lock(self, key: str) -> EncodeLock:
@@ -189,7 +184,7 @@ class RedisTier:
         return lock
 
     async def lock_held(self, key: str) -> bool:
-        return bool(await self._call(self._client.exists, f"{self.prefix}:lock:{key}"))
+        return bool(await self.call(self._client.exists, f"{self.prefix}:lock:{key}"))
 
 
 class EncodeLock:

@@ -17,7 +17,9 @@ from typing import Literal
 
 from service.core.cache.invalidation import InvalidationListener
 from service.core.cache.memory import MemoryCache
+from service.core.cache.notes import NoteStore
 from service.core.cache.redis_tier import RedisTier, RedisUnavailableError
+from service.core.cache.single_flight import Produce, ReplicaFlight
 from service.core.embedding import Embedding
 from service.core.metrics import Metrics
 from service.core.tracing import tracer
@@ -29,12 +31,24 @@ RedisStatus = Literal["disabled", "ok", "down"]
 
 
 class EmbeddingCache:
-    def __init__(self, l1: MemoryCache, redis: RedisTier | None, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        l1: MemoryCache,
+        redis: RedisTier | None,
+        metrics: Metrics,
+        *,
+        lock_wait_s: float = 10.0,
+    ) -> None:
         self.l1 = l1
         self.redis = redis
         self._metrics = metrics
         self._redis_was_up = True
         self.invalidations = InvalidationListener(redis, l1, metrics) if redis is not None else None
+        self._flight = (
+            ReplicaFlight(redis, self.get, self.put, metrics, lock_wait_s)
+            if redis is not None
+            else None
+        )
         metrics.redis_up.set(1 if redis is not None else 0)
 
     def start(self) -> None:
@@ -98,6 +112,19 @@ class EmbeddingCache:
                 self._redis_error("set", exc)
             else:
                 self._redis_ok()
+
+    async def produce_once(self, key: str, produce: Produce) -> Embedding:
+        """``produce()`` the entry and store it, or take the one another replica produced
+        meanwhile (cross-replica single flight over Redis; with no Redis, just produce)."""
+        if self._flight is None:
+            embedding = await produce()
+            await self.put(key, embedding)
+            return embedding
+        return await self._flight.run(key, produce)
+
+    def notes(self, namespace: str) -> NoteStore:
+        """A store of small notes beside the embeddings, on the same tiers and TTL."""
+        return NoteStore(namespace, self.l1.ttl_s, self.redis)
 
     async def get_for(self, key: str, tenant: str) -> Embedding | None:
         """The entry, if ``tenant`` holds it (else None, exactly as for an unknown key)."""

@@ -45,13 +45,13 @@ from service.core.decoders.base import Candidate, DecodeRequest
 from service.core.decoders.local import LocalDecoder
 from service.core.edges import EDGE_STEPS, EdgeMap, EdgeParams
 from service.core.embedding import Embedding
-from service.core.encoders.triton import (
+from service.core.encoders.triton import TritonEncoder
+from service.core.encoders.triton_endpoint import (
     TritonEndpoint,
     UnreachableError,
     message_of,
     unreachable,
 )
-from service.core.encoders.triton_pool import TritonEncoder
 from service.core.everything import Box, EverythingParams, Proposal
 from service.core.metrics import Metrics
 from service.core.request_context import current_request_id

@@ -81,7 +81,7 @@ async def _decoder_ok(state: ServingState) -> bool:
 )
 async def readyz(state: State, response: Response) -> Readiness:
     encoder_ok, decoder_ok, redis = await asyncio.gather(
-        _encoder_ok(state), _decoder_ok(state), state.embeddings.cache.redis_status()
+        _encoder_ok(state), _decoder_ok(state), state.cache.redis_status()
     )
     mismatch = state.decoder.mismatch
     serving = not state.draining and mismatch is None

@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
-import hashlib
 import logging
 import time
 import uuid
-from collections import OrderedDict
 
 import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from service.core.cache.redis_tier import RedisTier, RedisUnavailableError
 from service.core.decoders import DecodeRequest
 from service.core.embedding import Embedding
 from service.core.everything import EverythingParams, densest_grid
@@ -79,53 +75,14 @@ PENDING_SUFFIX = "+pending"
 MAX_BOX_POINTS = 4  # points beside a box (the decoder's six prompt slots)
 
 
-class ReferenceMemory:
-    """Image reference → image_id, each for ``ttl_s``: in this process (the oldest dropped
-    past ``size``) and, with the Redis cache, shared by every replica (so an image is
-    downloaded once for all of them). Redis being down only makes it local. Kept per
-    tenant: one tenant's references say nothing of another's."""
+#: the notes of which image id an image reference (a task's URL) had: kept per tenant (one
+#: tenant's references say nothing of another's), shared by replicas with the Redis cache
+#: (an image is downloaded once for all of them)
+REFERENCE_NOTES = "lsref"
 
-    NAMESPACE = "lsref"
 
-    def __init__(self, ttl_s: float, shared: RedisTier | None = None, size: int = 100_000) -> None:
-        self._ttl = ttl_s
-        self._size = size
-        self._shared = shared
-        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
-
-    @staticmethod
-    def _name(reference: str) -> str:
-        return hashlib.sha256(reference.encode()).hexdigest()
-
-    async def get(self, tenant: str, reference: str) -> str | None:
-        reference = f"{tenant}\n{reference}"
-        entry = self._entries.get(reference)
-        if entry is not None and entry[1] >= time.monotonic():
-            self._entries.move_to_end(reference)
-            return entry[0]
-        self._entries.pop(reference, None)
-        if self._shared is None:
-            return None
-        try:
-            image_id = await self._shared.get_note(self.NAMESPACE, self._name(reference))
-        except RedisUnavailableError:
-            return None
-        if image_id is not None:
-            self._remember(reference, image_id)
-        return image_id
-
-    async def put(self, tenant: str, reference: str, image_id: str) -> None:
-        reference = f"{tenant}\n{reference}"
-        self._remember(reference, image_id)
-        if self._shared is not None:
-            with contextlib.suppress(RedisUnavailableError):
-                await self._shared.set_note(self.NAMESPACE, self._name(reference), image_id)
-
-    def _remember(self, reference: str, image_id: str) -> None:
-        self._entries[reference] = (image_id, time.monotonic() + self._ttl)
-        self._entries.move_to_end(reference)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+def _reference_note(tenant: str, reference: str) -> str:
+    return f"{tenant}\n{reference}"
 
 
 def _region_id() -> str:
@@ -266,7 +223,7 @@ class LabelStudioBackend:
             timeout_s=settings.fetch_timeout_s,
         )
         self._fetcher = ImageFetcher(policy, self._client)
-        self._memory = ReferenceMemory(settings.cache_ttl_s, state.embeddings.cache.redis)
+        self._references = state.cache.notes(REFERENCE_NOTES)
         self._batch = asyncio.Semaphore(BATCH_CONCURRENCY)
         self._jobs: set[asyncio.Task[TaskPrediction | None]] = set()  # batch tasks running
         self._everything_params = everything_params(settings)
@@ -359,7 +316,6 @@ class LabelStudioBackend:
     ) -> TaskPrediction:
         width, height = embedding.width, embedding.height
         prompt, label = _prompt(clicks, width, height)
-        multimask = prompt.box is None and prompt.labels == [1]
         points, labels = prompts_to_arrays(
             [prompt], width, height, img_size=self._state.loaded.model.config.img_size
         )
@@ -368,7 +324,7 @@ class LabelStudioBackend:
             embedding=embedding,
             points=points,
             labels=labels,
-            candidates="best" if multimask else "single",
+            candidates="best" if prompt.ambiguous else "single",  # SAM's click rule
             return_logits=False,
         )
         best = (await self._state.decoder.segment(request))[0][0]
@@ -398,14 +354,14 @@ class LabelStudioBackend:
         if reference.startswith("data:"):  # the image itself: nothing to fetch or remember
             result = await self._state.embeddings.embed(self._inline(reference), tenant=tenant)
             return result.image_id, result.embedding
-        image_id = await self._memory.get(tenant, reference)
+        image_id = await self._references.get(_reference_note(tenant, reference))
         if image_id is not None:
             embedding = await self._state.embeddings.lookup(image_id, tenant=tenant)
             if embedding is not None:
                 return image_id, embedding  # nothing downloaded, nothing encoded
         image = await self._download(self._url(reference, task.id))
         result = await self._state.embeddings.embed(image, tenant=tenant)
-        await self._memory.put(tenant, reference, result.image_id)
+        await self._references.put(_reference_note(tenant, reference), result.image_id)
         return result.image_id, result.embedding
 
     @staticmethod

@@ -83,13 +83,21 @@ class SegmentOptions(BaseModel):
     prompts: list[PromptIn] = Field(
         min_length=1, description="at most ESAM_MAX_PROMPTS (this document's maxItems)"
     )
-    multimask: bool = Field(default=True, description="3 candidates per prompt; false: 1")
+    multimask: bool | Literal["auto"] = Field(
+        default=True,
+        description=(
+            'true: 3 candidates per prompt; false: 1 (the single-mask output); "auto": '
+            "SAM's rule for a click, per prompt: 3 for one positive point alone (ambiguous: "
+            "whole, part or subpart), 1 for more points or a box (what labeling platforms "
+            "want; with best_only, one mask per prompt either way)"
+        ),
+    )
     best_only: bool = Field(
         default=False,
         description=(
             "with multimask: only the best of the three candidates by predicted IoU (what "
             "SAM's demos show after one click), so no mask is upsampled or encoded that "
-            "nobody reads; ignored with multimask false (one candidate anyway)"
+            "nobody reads; ignored where a prompt gets one candidate anyway"
         ),
     )
     mask_format: MaskFormat = "rle"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from service.core.decoders import Candidate, DecodeRequest
+from service.core.embedding import Embedding
 from service.errors import InvalidPromptError
 from service.gateway.embedding_source import image_embedding, image_source
 from service.gateway.mask_formats import mask_payloads
@@ -26,9 +28,8 @@ from service.model.prompts import Prompt, prompts_to_arrays
 PromptArrays = tuple[NDArray[np.float32], NDArray[np.float32]]
 
 
-def _prompt_arrays(request: SegmentRequest, width: int, height: int, img_size: int) -> PromptArrays:
-    prompts = [Prompt(points=p.points, labels=p.labels, box=p.box) for p in request.prompts]
-    return prompts_to_arrays(prompts, width, height, img_size=img_size)
+def _prompts(request: SegmentRequest) -> list[Prompt]:
+    return [Prompt(points=p.points, labels=p.labels, box=p.box) for p in request.prompts]
 
 
 def _candidate(candidate: Candidate, mask: Any) -> CandidateOut:
@@ -45,10 +46,49 @@ def _candidate(candidate: Candidate, mask: Any) -> CandidateOut:
     )
 
 
-def candidates_wanted(multimask: bool, best_only: bool) -> Candidates:
+def candidates_wanted(
+    multimask: bool | Literal["auto"], best_only: bool, prompt: Prompt
+) -> Candidates:
+    if multimask == "auto":
+        multimask = prompt.ambiguous
     if not multimask:
         return "single"
     return "best" if best_only else "multimask"
+
+
+async def _decode(
+    state: ServingState,
+    image_id: str,
+    embedding: Embedding,
+    arrays: PromptArrays,
+    wanted: list[Candidates],
+    return_logits: bool,
+) -> list[list[Candidate]]:
+    """Each prompt's candidates, in prompt order: one decoder request per kind of answer
+    wanted (one in all unless ``"auto"`` mixes them)."""
+    points, labels = arrays
+    kinds = list(dict.fromkeys(wanted))
+    groups = [[i for i, w in enumerate(wanted) if w == kind] for kind in kinds]
+    answers = await asyncio.gather(
+        *(
+            state.decoder.segment(
+                DecodeRequest(
+                    image_id=image_id,
+                    embedding=embedding,
+                    points=points if len(kinds) == 1 else points[group],
+                    labels=labels if len(kinds) == 1 else labels[group],
+                    candidates=kind,
+                    return_logits=return_logits,
+                )
+            )
+            for kind, group in zip(kinds, groups, strict=True)
+        )
+    )
+    per_prompt: list[list[Candidate]] = [[] for _ in wanted]
+    for group, answer in zip(groups, answers, strict=True):
+        for i, candidates in zip(group, answer, strict=True):
+            per_prompt[i] = candidates
+    return per_prompt
 
 
 async def segment(state: ServingState, tenant: str, request: SegmentRequest) -> SegmentResponse:
@@ -57,24 +97,18 @@ async def segment(state: ServingState, tenant: str, request: SegmentRequest) -> 
             f"prompts: {len(request.prompts)} prompts; at most {state.settings.max_prompts}"
         )
     img_size = state.loaded.model.config.img_size
+    prompts = _prompts(request)
     arrays: list[PromptArrays] = []
 
     def check(width: int, height: int) -> None:
-        arrays.append(_prompt_arrays(request, width, height, img_size))
+        arrays.append(prompts_to_arrays(prompts, width, height, img_size=img_size))
 
     image_id, embedding, cached = await image_embedding(
         state, tenant, *image_source(request), check
     )
-    points, labels = arrays[-1]
-    per_prompt = await state.decoder.segment(
-        DecodeRequest(
-            image_id=image_id,
-            embedding=embedding,
-            points=points,
-            labels=labels,
-            candidates=candidates_wanted(request.multimask, request.best_only),
-            return_logits=request.return_logits,
-        )
+    wanted = [candidates_wanted(request.multimask, request.best_only, p) for p in prompts]
+    per_prompt = await _decode(
+        state, image_id, embedding, arrays[-1], wanted, request.return_logits
     )
     flat = [c for cands in per_prompt for c in cands]
     masks = iter(await mask_payloads([c.rle for c in flat], request.mask_format))

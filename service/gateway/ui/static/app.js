@@ -182,10 +182,11 @@ async function decodeHere(prompt, multimask) {
 
 async function segment() {
   if (!state.points.length && !state.box) { state.candidates = []; render(); return; }
-  const multimask = state.points.length === 1 && !state.box;
+  // the server applies SAM's click rule ("auto"); the in-browser decoder the same one
+  const multimask = state.points.length === 1 && state.points[0].label === 1 && !state.box;
   const request = () => call("/segment", {
     method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ image_id: state.imageId, prompts: [currentPrompt()], multimask, mask_format: "rle" }),
+    body: JSON.stringify({ image_id: state.imageId, prompts: [currentPrompt()], multimask: "auto", mask_format: "rle" }),
   });
   status("Segmenting…");
   const prompt = currentPrompt();

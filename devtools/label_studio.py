@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from service.devtools.gateway_process import REPO, wait_ready
-from service.devtools.redis_server import free_port
+from devtools.gateway_process import REPO, wait_ready
+from devtools.redis_server import free_port
 
 VERSION = "1.23.2"
 VENV = REPO / "build" / "label-studio"

@@ -1,7 +1,7 @@
 """CPU configurations of the Triton models, derived from the production ``config.pbtxt`` files.
 
 One repository, one ``model.py`` per model: only the configurations differ between
-the GPU deployment and CPU runs (laptops, CI). ``python -m service.devtools.triton_config
+the GPU deployment and CPU runs (laptops, CI). ``python -m devtools.triton_config
 --repository model_repository`` writes ``<model>/configs/cpu.pbtxt`` for every model,
 for Triton's ``--model-config-name=cpu``.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-SOURCE_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+SOURCE_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
 ENSEMBLE = "efficientsam"
 PREPROCESS = "efficientsam_preprocess"
 MODEL = "efficientsam_encoder"

@@ -1,6 +1,6 @@
 """Peak memory of one piece of work, measured in a fresh Python process (Linux).
 
-``python -m service.devtools.peak_memory MODE PATH [--concurrency N] [--bound B]`` imports
+``python -m devtools.peak_memory MODE PATH [--concurrency N] [--bound B]`` imports
 what the work needs, runs a small warm-up, resets the kernel's peak-RSS mark
 (``/proc/self/clear_refs``), runs the work and prints one JSON line:
 ``{"rss_before_mb", "peak_mb", "growth_mb", "decoded_uint8_mb"}``. A fresh process per
@@ -124,7 +124,7 @@ def measure(mode: str, path: Path, *, concurrency: int = 1, bound: int = 2) -> d
         [
             sys.executable,
             "-m",
-            "service.devtools.peak_memory",
+            "devtools.peak_memory",
             mode,
             str(path),
             "--concurrency",
@@ -135,7 +135,7 @@ def measure(mode: str, path: Path, *, concurrency: int = 1, bound: int = 2) -> d
         capture_output=True,
         text=True,
         check=True,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[1],
     )
     measured: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return measured

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from service.devtools.peak_memory import photo_like
+from devtools.peak_memory import photo_like
 from service.model import EfficientSam, Precision, random_model
 from service.model._layers import AttentionBase
 

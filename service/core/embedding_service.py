@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from service.core.admission import Admission, Slot
 from service.core.cache import EmbeddingCache
-from service.core.cache.redis_tier import RedisUnavailableError
 from service.core.embedding import Embedding, EmbeddingDtype, image_id_of
 from service.core.encoders import Encoder
 from service.core.metrics import Metrics
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 
 #: Called with (width, height) before anything is encoded; raises to refuse.
 SizeCheck = Callable[[int, int], None]
-_LOCK_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,6 @@ class EmbeddingService:
         admission: Admission,
         max_image_bytes: int,
         max_image_pixels: int,
-        lock_wait_s: float,
     ) -> None:
         self.encoder = encoder
         self.cache = cache
@@ -66,7 +63,6 @@ class EmbeddingService:
         self._max_image_bytes = max_image_bytes
         self._max_image_pixels = max_image_pixels
         self.admission = admission
-        self._lock_wait_s = lock_wait_s
         self._inflight: dict[str, asyncio.Task[Embedding]] = {}
 
     def key(self, image_id: str) -> str:
@@ -136,48 +132,14 @@ class EmbeddingService:
             slot.release()
 
     async def _encode_once(self, key: str, data: bytes, header: ImageHeader) -> Embedding:
-        redis = self.cache.redis
-        if redis is None:
-            return await self._encode_and_store(key, data, header)
-        async with redis.lock(key) as owned:
-            if not owned:
-                self._metrics.singleflight_waits.labels("redis_lock").inc()
-                with tracer.start_as_current_span("esam.singleflight.wait") as span:
-                    span.set_attribute("esam.singleflight.scope", "redis_lock")
-                    peer = await self._wait_for_peer(key)
-                if peer is not None:
-                    return peer
-            else:
-                done = await self.cache.get(key)  # a peer may have finished just before
-                if done is not None:
-                    return done
-            return await self._encode_and_store(key, data, header)
+        """Once across replicas too (the cache's single flight); stored before it returns."""
+        return await self.cache.produce_once(key, lambda: self._encoded(key, data, header))
 
-    async def _wait_for_peer(self, key: str) -> Embedding | None:
-        """Another replica is encoding: poll the cache until it lands or the lock goes."""
-        redis = self.cache.redis
-        assert redis is not None
-        deadline = time.monotonic() + self._lock_wait_s
-        while time.monotonic() < deadline:
-            await asyncio.sleep(_LOCK_POLL_S)
-            found = await self.cache.get(key)
-            if found is not None:
-                return found
-            try:
-                if not await redis.lock_held(key):
-                    return await self.cache.get(key)
-            except RedisUnavailableError:  # Redis gone: stop waiting, encode here
-                return None
-        log.warning("waited %.1fs for another replica to encode %s", self._lock_wait_s, key)
-        return None
-
-    async def _encode_and_store(self, key: str, data: bytes, header: ImageHeader) -> Embedding:
+    async def _encoded(self, key: str, data: bytes, header: ImageHeader) -> Embedding:
         start = time.perf_counter()
         with tracer.start_as_current_span("esam.encode") as span:
             span.set_attributes({"esam.encoder": self.encoder.name, "esam.image_bytes": len(data)})
             out = await self.encoder.encode(data, header)  # the encoder owns the deadline
         self._metrics.encoder_images.inc()
         log.debug("encoded %s in %.3fs", key, time.perf_counter() - start)
-        embedding = Embedding.from_array(out.embedding, out.width, out.height, self._dtype)
-        await self.cache.put(key, embedding)
-        return embedding
+        return Embedding.from_array(out.embedding, out.width, out.height, self._dtype)

@@ -12,9 +12,9 @@ from types import TracebackType
 
 import httpx
 
-from service.devtools.redis_server import free_port
+from devtools.redis_server import free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def wait_ready(

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.devtools.gateway_process import GatewayProcess
-from service.devtools.redis_server import free_port
-from service.devtools.triton import LocalTriton
+from devtools.gateway_process import GatewayProcess
+from devtools.redis_server import free_port
+from devtools.triton import LocalTriton
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The README's picture of the demo page: a real gateway, Debian's chromium, one click.
 
-    python -m service.devtools.demo_screenshot PHOTO --out docs/images/demo-page.jpg \\
+    python -m devtools.demo_screenshot PHOTO --out docs/images/demo-page.jpg \\
         [--checkpoint PATH] [--click 0.5,0.45]
 
 Starts ``python -m service`` (``--checkpoint``, default ``random``: the page then says
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from service.devtools.gateway_process import GatewayProcess
+from devtools.gateway_process import GatewayProcess
 
 WAIT_MS = 300_000
 

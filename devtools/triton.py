@@ -1,6 +1,6 @@
 """A real local Triton Inference Server, from the ``nvidia-pytriton`` wheel, on CPU.
 
-``python -m service.devtools.triton`` (``make triton``) derives a CPU model
+``python -m devtools.triton`` (``make triton``) derives a CPU model
 repository from ``model_repository/`` (the same ``model.py`` files; the configs are
 rewritten: ``KIND_CPU``, fp32, the chosen dtypes and batching), starts
 the ``tritonserver`` bundled in ``nvidia-pytriton`` on the ports given, and
@@ -23,8 +23,8 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from service.devtools.prometheus import sample_sum
-from service.devtools.triton_config import (
+from devtools.prometheus import sample_sum
+from devtools.triton_config import (
     DECODER,
     DTYPES,
     ENSEMBLE,
@@ -79,11 +79,11 @@ def prepare(
     ``extra_wires`` adds one more pipeline per dtype of the tensor between preprocessing
     and encoder (``efficientsam_<wire>``, output FP32), so that one server can compare them.
     ``stand_in_encoder`` replaces the encoder's code with one that answers zeros at once
-    (``service/devtools/stand_in_encoder.py``, for benchmarks of what surrounds it).
+    (``devtools/stand_in_encoder.py``, for benchmarks of what surrounds it).
     ``decoder`` adds ``efficientsam_decoder`` (its CPU config, ``decoder_resident_bytes``
     of resident embeddings; the production config with ``gpu``); ``stand_in_decoder``
     replaces its code with one that answers compact discs at once
-    (``service/devtools/stand_in_decoder.py``, for benchmarks of the gateway's side).
+    (``devtools/stand_in_decoder.py``, for benchmarks of the gateway's side).
     """
     repository = workdir / "model_repository"
     shutil.rmtree(repository, ignore_errors=True)
