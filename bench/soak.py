@@ -13,7 +13,8 @@ and Redis's ``used_memory`` and key count. It reports failed requests (no answer
 ``encoder_unavailable`` while Triton is away, DELETE 503 ``cache_unavailable`` while
 Redis is), and checks: RSS after warm-up within +5 %, descriptors and threads flat.
 
-    python bench/soak.py                    # 30 minutes; JSON in build/bench/soak.json
+    python bench/soak.py                    # 30 minutes; JSON in build/bench/soak.json,
+                                            # the servers' logs beside it
     python bench/soak.py --minutes 3        # a short try of the same run
 
 Not part of CI (it takes half an hour); its figures are in docs/reliability.md.
@@ -204,6 +205,7 @@ async def _until_ready(client: httpx.AsyncClient, part: str) -> None:
 
 
 async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     server = RedisServer(workdir)
     server.start()
     triton = LocalTriton(
@@ -212,7 +214,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
-        log_path=workdir / "triton.log",
+        log_path=args.out.with_name("soak-triton.log"),
     )
     triton.start()
     gateway = GatewayProcess(
@@ -224,8 +226,9 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "ESAM_REDIS_URL": server.url,
             "ESAM_CACHE_TTL_S": str(args.ttl_s),
             "ESAM_ENCODE_TIMEOUT_S": "60",
+            "ESAM_LOG_LEVEL": "info",
         },
-        stderr=workdir / "gateway.log",
+        stderr=args.out.with_name("soak-gateway.log"),  # kept beside the figures
     )
     gateway.start()
     total_s = args.minutes * 60

@@ -10,8 +10,10 @@ import redis
 
 from devtools import redis_server
 from devtools.redis_server import free_port, redis_answers
+from service.core.cache import RedisTier
+from service.core.cache.redis_client import RedisTarget
 
-__all__ = ["RedisServer", "free_port", "redis_answers", "stored_record"]
+__all__ = ["RedisServer", "free_port", "redis_answers", "redis_tier", "stored_record"]
 
 
 class RedisServer(redis_server.RedisServer):
@@ -34,3 +36,23 @@ def stored_record(client: redis.Redis, key: str | bytes) -> bytes:
     value = client.get(key)
     assert isinstance(value, bytes), f"no record at {key!r}"
     return value
+
+
+def redis_tier(
+    url: str,
+    prefix: str,
+    *,
+    timeout_s: float = 0.3,
+    retry_s: float = 0.5,
+    lock_ttl_s: float = 5,
+    ttl_s: int = 60,
+) -> RedisTier:
+    """The shared tier on a standalone Redis at ``url``, under its own key ``prefix``."""
+    return RedisTier(
+        RedisTarget.parse("standalone", url, "mymaster"),
+        prefix=prefix,
+        ttl_s=ttl_s,
+        timeout_s=timeout_s,
+        retry_s=retry_s,
+        lock_ttl_s=lock_ttl_s,
+    )

@@ -39,6 +39,8 @@ SizeCheck = Callable[[int, int], None]
 class EmbedResult:
     image_id: str
     embedding: Embedding
+    #: the embedding was in the cache when asked; False when this request waited for an
+    #: encode (its own, or one already running for the image, here or on another replica)
     cached: bool
 
 
@@ -123,7 +125,7 @@ class EmbeddingService:
             embedding = await asyncio.shield(task)
         if check:
             check(embedding.width, embedding.height)
-        return EmbedResult(image_id, embedding, cached=True)
+        return EmbedResult(image_id, embedding, cached=False)  # it waited for an encode
 
     async def _encode(self, key: str, data: bytes, header: ImageHeader, slot: Slot) -> Embedding:
         try:

@@ -16,14 +16,13 @@ from PIL import Image
 
 from service.core.admission import Admission
 from service.core.cache import EmbeddingCache, MemoryCache, RedisTier
-from service.core.cache.redis_client import RedisTarget
 from service.core.embedding import image_id_of
 from service.core.embedding_service import EmbeddingService
 from service.core.encoders import EncodedImage
 from service.core.metrics import Metrics
 from service.errors import EncoderUnavailableError
 from service.model.preprocess import ImageHeader
-from tests.services import RedisServer
+from tests.services import RedisServer, redis_tier
 
 
 def png(seed: int) -> bytes:
@@ -93,8 +92,8 @@ async def test_concurrent_requests_share_one_encode_in_a_process() -> None:
     results = await asyncio.gather(*requests)
     assert encoder.calls == 1
     assert len({r.image_id for r in results}) == 1
-    assert sum(not r.cached for r in results) == 1  # the one that started it
     assert waits(metrics, "process") == 4
+    assert [r.cached for r in results] == [False] * 5  # each waited for the one encode
     assert embeddings.admission.pending == 0
     assert (await embeddings.embed(image, tenant="default")).cached  # a hit now, no encode
     assert encoder.calls == 1
@@ -130,14 +129,7 @@ async def test_two_replicas_on_one_redis_share_one_encode(redis_server: RedisSer
     prefix = f"t-{uuid.uuid4().hex[:8]}"
 
     def tier() -> RedisTier:
-        return RedisTier(
-            RedisTarget.parse("standalone", redis_server.url, "mymaster"),
-            prefix=prefix,
-            ttl_s=60,
-            timeout_s=0.5,
-            retry_s=1,
-            lock_ttl_s=1,
-        )
+        return redis_tier(redis_server.url, prefix, timeout_s=0.5, retry_s=1, lock_ttl_s=1)
 
     first_encoder, second_encoder = GatedEncoder(), GatedEncoder()
     first_metrics, second_metrics = Metrics(), Metrics()

@@ -70,6 +70,7 @@ class MemoryCache:
         size = embedding.nbytes
         held = self._tenants.get(key, set()) | tenants if key in self._entries else set(tenants)
         self._drop(key)
+        self._drop_expired()
         if size > self.max_bytes:
             return  # larger than the whole cache (or the cache is disabled)
         while self._bytes + size > self.max_bytes:
@@ -79,6 +80,17 @@ class MemoryCache:
         self._entries[key] = (embedding, time.monotonic() + self.ttl_s)
         self._tenants[key] = held
         self._bytes += size
+
+    def _drop_expired(self) -> None:
+        """Expired entries at the least recently used end go (amortised O(1) per store), so
+        that the tier holds about what its TTL keeps alive, not its byte bound, once the
+        traffic has run for a TTL."""
+        now = time.monotonic()
+        while self._entries:
+            oldest = next(iter(self._entries))
+            if self._entries[oldest][1] > now:
+                return
+            self._drop(oldest)
 
     def get_for(self, key: str, tenant: str) -> Embedding | None:
         """The (live) entry ``key`` if ``tenant`` is noted as holding it."""

@@ -10,7 +10,10 @@ class EmbedResponse(BaseModel):
     width: int = Field(description="Width of the upright image (EXIF orientation applied).")
     height: int
     model: str = Field(description="Model id: variant, checkpoint digest, preprocessing version.")
-    cached: bool = Field(description="True when no encode was needed for this request.")
+    cached: bool = Field(
+        description="True when the embedding was cached already; false when this request "
+        "waited for an encode (its own, or one already running for the same image)."
+    )
 
     model_config = {
         "json_schema_extra": {

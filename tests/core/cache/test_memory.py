@@ -76,3 +76,17 @@ def test_forgotten_deletions_are_assumed() -> None:
         cache.delete(f"k{i}")
     cache.set("never-deleted", record(), fetched_at=fetched)
     assert cache.get("never-deleted") is None  # cannot tell any more: not stored
+
+
+def test_expired_entries_go_as_new_ones_are_stored() -> None:
+    """Far below its byte bound, the tier holds what its TTL keeps alive, not every entry
+    ever stored (a gateway's memory levels off after a TTL of traffic)."""
+    one = record().nbytes
+    cache = MemoryCache(max_bytes=100 * one, ttl_s=0.1)
+    for n in range(5):
+        cache.set(f"old{n}", record(n))
+    assert (len(cache), cache.size_bytes) == (5, 5 * one)
+    time.sleep(0.15)
+    cache.set("new", record(9))
+    assert (len(cache), cache.size_bytes) == (1, one)
+    assert cache.get("new") is not None

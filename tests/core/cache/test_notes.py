@@ -12,22 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.core.cache import EmbeddingCache, MemoryCache, RedisTier
+from service.core.cache import EmbeddingCache, MemoryCache
 from service.core.cache.notes import NoteStore
-from service.core.cache.redis_client import RedisTarget
 from service.core.metrics import Metrics
-from tests.services import RedisServer
-
-
-def tier(url: str, prefix: str) -> RedisTier:
-    return RedisTier(
-        RedisTarget.parse("standalone", url, "mymaster"),
-        prefix=prefix,
-        ttl_s=60,
-        timeout_s=0.3,
-        retry_s=0.5,
-        lock_ttl_s=5,
-    )
+from tests.services import RedisServer, redis_tier
 
 
 async def test_notes_are_kept_for_their_ttl_and_the_newest_past_the_size() -> None:
@@ -45,7 +33,7 @@ async def test_replicas_share_notes_through_redis_under_hashed_names(tmp_path: P
     server.start()
     prefix = f"notes-{uuid.uuid4().hex[:8]}"
     try:
-        one, other = tier(server.url, prefix), tier(server.url, prefix)
+        one, other = redis_tier(server.url, prefix), redis_tier(server.url, prefix)
         name = "acme\nhttps://bucket.example/cat.jpg?X-Amz-Signature=secret"
         await NoteStore("lsref", 60, one).put(name, "f" * 64)
         assert await NoteStore("lsref", 60, other).get(name) == "f" * 64
@@ -63,7 +51,7 @@ async def test_replicas_share_notes_through_redis_under_hashed_names(tmp_path: P
 async def test_with_redis_down_notes_are_local_and_nothing_fails(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.start()
-    shared = tier(server.url, "down")
+    shared = redis_tier(server.url, "down")
     server.stop()
     notes = NoteStore("lsref", 60, shared)
     await notes.put("reference", "image id")  # no error
@@ -80,7 +68,7 @@ async def test_the_cache_hands_out_note_stores_on_its_own_tiers(
     if server is not None:
         server.start()
     try:
-        shared = tier(server.url, "handed") if server is not None else None
+        shared = redis_tier(server.url, "handed") if server is not None else None
         cache = EmbeddingCache(MemoryCache(1 << 20, 30), shared, Metrics())
         notes = cache.notes("lsref")
         await notes.put("reference", "image id")

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import redis
 
-from service.core.cache import EmbeddingCache, MemoryCache, RedisTier
-from service.core.cache.redis_client import RedisTarget
+from service.core.cache import EmbeddingCache, MemoryCache
 from service.core.embedding import Embedding
 from service.core.metrics import Metrics
-from tests.services import RedisServer
+from tests.services import RedisServer, redis_tier
 
 
 def embedding(seed: int) -> Embedding:
@@ -27,14 +26,7 @@ def embedding(seed: int) -> Embedding:
 
 
 def on_redis(url: str, prefix: str) -> EmbeddingCache:
-    tier = RedisTier(
-        RedisTarget.parse("standalone", url, "mymaster"),
-        prefix=prefix,
-        ttl_s=60,
-        timeout_s=0.5,
-        retry_s=0.5,
-        lock_ttl_s=5,
-    )
+    tier = redis_tier(url, prefix, timeout_s=0.5)
     cache = EmbeddingCache(MemoryCache(64 << 20, 60), tier, Metrics())
     cache.start()
     return cache

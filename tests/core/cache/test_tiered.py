@@ -15,11 +15,10 @@ import pytest
 import redis
 
 from service.core.cache import EmbeddingCache, MemoryCache, RedisTier
-from service.core.cache.redis_client import RedisTarget
 from service.core.embedding import Embedding
 from service.core.metrics import Metrics
 from service.errors import CacheUnavailableError
-from tests.services import RedisServer
+from tests.services import RedisServer, redis_tier
 
 RETRY_S = 0.5
 
@@ -30,14 +29,7 @@ def embedding(seed: int) -> Embedding:
 
 
 def tier(url: str, prefix: str) -> RedisTier:
-    return RedisTier(
-        RedisTarget.parse("standalone", url, "mymaster"),
-        prefix=prefix,
-        ttl_s=60,
-        timeout_s=0.3,
-        retry_s=RETRY_S,
-        lock_ttl_s=5,
-    )
+    return redis_tier(url, prefix, retry_s=RETRY_S)
 
 
 async def cache_on(url: str, prefix: str, metrics: Metrics | None = None) -> EmbeddingCache:
